@@ -1,0 +1,33 @@
+# The two set-up commands:  make demo  (install if needed, short toy run of every script, figures)
+#                           make test  (install test needs if missing, run the whole suite)
+PYTHON ?= python3
+SCRIPTS := $(wildcard gan.py wgan_gp.py cgan.py cyclegan.py ddpm.py)
+.PHONY: install demo test test-fast bench clean
+
+install:
+	$(PYTHON) -m pip install -r requirements.txt
+
+# Installs only when something is missing, so a second `make demo` starts at once.
+demo:
+	@$(PYTHON) -c "import torch, numpy, matplotlib" 2>/dev/null || $(MAKE) install
+	@for s in $(SCRIPTS); do \
+	  echo "== $(PYTHON) $$s  (toy 2-D default)"; \
+	  $(PYTHON) $$s --overwrite || exit 1; \
+	done
+	@[ ! -f gan.py ] || { echo "== $(PYTHON) gan.py --experiment js"; $(PYTHON) gan.py --experiment js; }
+	@echo; echo "Figures (samples_*.png, losses.png, js.png) are in:"; ls -d runs/*/
+
+test:
+	@$(PYTHON) -c "import torch, numpy, matplotlib, pytest" 2>/dev/null || $(PYTHON) -m pip install -r tests/requirements.txt
+	$(PYTHON) -m pytest tests
+
+# Everything but the tests marked slow (real data, minutes-long runs).
+test-fast:
+	$(PYTHON) -m pytest tests -m "not slow"
+
+# Quality and speed figures for the README; BENCH_QUICK=1 runs a reduced version.
+bench:
+	$(PYTHON) bench/bench.py
+
+clean:
+	rm -rf runs .pytest_cache tests/.pytest_cache __pycache__ tests/__pycache__
