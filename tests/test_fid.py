@@ -1,0 +1,420 @@
+"""Tests for fid.py: closed forms and scipy for the Frechet distance, known answers for KID / IS /
+coverage / memorisation, the FID Inception's layout against a table written from the architecture,
+loaders, downloads against a local server, and bad inputs."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fid
+from helpers import FASHION_SYSTEM_DIR, closed_port_url, http_server, write_image_folder, write_mnist_like
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg_for(*argv):
+    return fid.build_parser().parse_args(list(map(str, argv)))
+
+
+def error_of(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        fid.main(list(map(str, argv)))
+    assert e.value.code == 1
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()[-1]
+    assert err.startswith("fid.py: error: ") and "Traceback" not in stderr
+    return err
+
+
+def random_spd(d, rng, rank=None):
+    A = rng.standard_normal((d, rank or d))
+    return A @ A.T / (rank or d) + (0 if rank else 1e-3 * np.eye(d))
+
+
+# ---------------------------------------------------------------- Frechet distance: closed forms
+def test_one_dimensional_gaussians():
+    # W2^2(N(m1, s1^2), N(m2, s2^2)) = (m1 - m2)^2 + (s1 - s2)^2
+    for m1, s1, m2, s2 in [(0, 1, 0, 1), (1, 2, -1, 0.5), (3, 0.1, 3, 4)]:
+        got = fid.frechet_distance([m1], [[s1 ** 2]], [m2], [[s2 ** 2]])
+        assert got == pytest.approx((m1 - m2) ** 2 + (s1 - s2) ** 2, rel=1e-12, abs=1e-12)
+
+
+def test_diagonal_covariances():
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0.1, 3, 50), rng.uniform(0.1, 3, 50)
+    mu1, mu2 = rng.standard_normal(50), rng.standard_normal(50)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_equal_covariances_leave_the_mean_term():
+    rng = np.random.default_rng(2)
+    S = random_spd(40, rng)
+    mu1, mu2 = rng.standard_normal(40), rng.standard_normal(40)
+    assert fid.frechet_distance(mu1, S, mu2, S) == pytest.approx(((mu1 - mu2) ** 2).sum(), rel=1e-8)
+
+
+def test_identical_sets_give_zero_and_the_distance_is_symmetric():
+    rng = np.random.default_rng(3)
+    f, g = rng.standard_normal((500, 64)), rng.standard_normal((400, 64)) * 1.3 + 0.2
+    mu, S = fid.gaussian_statistics(f)
+    mu2, S2 = fid.gaussian_statistics(g)
+    assert abs(fid.frechet_distance(mu, S, mu, S)) < 1e-9 * np.trace(S)
+    assert fid.frechet_distance(mu, S, mu2, S2) == pytest.approx(fid.frechet_distance(mu2, S2, mu, S), rel=1e-10)
+
+
+def test_rank_deficient_covariance_is_reported_and_exact():
+    # 1-D Gaussians embedded in 5-D (zero elsewhere): singular covariances, closed form still holds.
+    S1, S2 = np.zeros((5, 5)), np.zeros((5, 5))
+    S1[0, 0], S2[0, 0] = 4.0, 0.25
+    assert fid.frechet_distance(np.zeros(5), S1, np.ones(5), S2) == pytest.approx(5 + (2 - 0.5) ** 2, rel=1e-12)
+    notes = []
+    fid.gaussian_statistics(np.random.default_rng(0).standard_normal((10, 20)), "tiny", notes)
+    assert any("only 10 samples for 20-dimensional" in n for n in notes)
+    assert any("rank-deficient (rank 9 of 20)" in n for n in notes)
+
+
+@pytest.mark.parametrize("d", [8, 256, pytest.param(2048, marks=pytest.mark.slow)])
+def test_against_scipy_sqrtm(d):
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(d)
+    S1, S2 = random_spd(d, rng), random_spd(d, rng)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    covmean = linalg.sqrtm(S1 @ S2)
+    ref = ((mu1 - mu2) ** 2).sum() + np.trace(S1) + np.trace(S2) - 2 * np.trace(covmean).real
+    assert fid.frechet_distance(mu1, S1, mu2, S2) == pytest.approx(ref, rel=1e-6)
+
+
+# ---------------------------------------------------------------- KID, IS, coverage, memorisation
+def kid_by_loops(x, y):
+    """The unbiased MMD^2 of one subset, written out term by term (independent of fid.py)."""
+    m, d = len(x), x.shape[1]
+    k = lambda a, b: (a @ b / d + 1) ** 3
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m ** 2
+    return xx + yy - 2 * xy
+
+
+def test_kid_matches_the_written_out_estimator():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((12, 5)), rng.standard_normal((12, 5)) + 0.5
+    mean, std = fid.kernel_inception_distance(x, y, subsets=3, subset_size=12)  # the subset is the whole set
+    assert mean == pytest.approx(kid_by_loops(x, y), rel=1e-10) and std == pytest.approx(0, abs=1e-12)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((2000, 16)), rng.standard_normal((2000, 16))
+    same, same_std = fid.kernel_inception_distance(a, b, subsets=20, subset_size=500)
+    diff, _ = fid.kernel_inception_distance(a, b + 0.3, subsets=20, subset_size=500)
+    assert abs(same) < 3 * same_std + 1e-3 and diff > 10 * max(abs(same), same_std)
+
+
+def test_score_is_one_for_uniform_and_k_for_confident_balanced_predictions():
+    assert fid.inception_score(np.full((1000, 10), 0.1))[0] == pytest.approx(1.0)
+    onehot = np.eye(10)[np.arange(1000) % 10]
+    assert fid.inception_score(onehot, splits=10)[0] == pytest.approx(10.0, rel=1e-6)
+    collapsed = np.eye(10)[np.zeros(1000, int)]  # confident but always the same class
+    assert fid.inception_score(collapsed)[0] == pytest.approx(1.0)
+    # hand value: two samples, p(c|x) = (1, 0) and (1/2, 1/2): p(c) = (3/4, 1/4)
+    p = np.array([[1.0, 0.0], [0.5, 0.5]])
+    kl = (math.log(1 / 0.75) + 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)) / 2
+    assert fid.inception_score(p, splits=1)[0] == pytest.approx(math.exp(kl))
+
+
+def test_coverage_flags_a_missing_class_and_reports_accuracy():
+    rng = np.random.default_rng(0)
+    labels = rng.choice([c for c in range(10) if c != 7], 900)  # class 7 dropped
+    p = np.eye(10)[labels] * 0.9 + 0.01
+    cov = fid.class_coverage(p, y=labels)
+    assert cov["missing_classes"] == [7] and cov["conditional_accuracy"] == 1.0
+    assert cov["confidence"] == pytest.approx(0.91)
+    even = fid.class_coverage(np.eye(10)[np.arange(1000) % 10])
+    assert even["missing_classes"] == [] and even["class_entropy"] == pytest.approx(math.log(10))
+
+
+def test_memorisation_flags_copies_and_not_fresh_samples():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (1200, 8, 8, 1), dtype=np.uint8)
+    train, heldout, fresh = real[:800], real[800:1000], real[1000:]
+    copies = fid.memorisation(train[:100], train, heldout)
+    assert copies["likely_copies"] == 1.0 and copies["median_nn_distance"] == 0.0
+    novel = fid.memorisation(fresh, train, heldout)
+    assert novel["likely_copies"] < 0.05
+    assert novel["median_nn_distance"] == pytest.approx(novel["heldout_median_nn_distance"], rel=0.05)
+
+
+def test_mode_metric_matches_the_closed_form():
+    m = fid.mode_metrics(fid.sample_toy("25gaussians", 20000, torch.Generator().manual_seed(0)), "25gaussians")
+    assert m["modes"] == 25 and m["high_quality"] == pytest.approx(1 - math.exp(-4.5), abs=0.004)
+
+
+# ---------------------------------------------------------------- the FID Inception
+# (name, out, in, kh, kw) of every convolution, written out from the Inception-V3 architecture
+# (Szegedy et al. 2016, Figures 5-7 and Table 1) as the published weight file lays it out.
+STEM = [("Conv2d_1a_3x3", 32, 3, 3, 3), ("Conv2d_2a_3x3", 32, 32, 3, 3), ("Conv2d_2b_3x3", 64, 32, 3, 3),
+        ("Conv2d_3b_1x1", 80, 64, 1, 1), ("Conv2d_4a_3x3", 192, 80, 3, 3)]
+
+
+def block_a(name, c_in, pool):
+    return [(f"{name}.branch1x1", 64, c_in, 1, 1), (f"{name}.branch5x5_1", 48, c_in, 1, 1),
+            (f"{name}.branch5x5_2", 64, 48, 5, 5), (f"{name}.branch3x3dbl_1", 64, c_in, 1, 1),
+            (f"{name}.branch3x3dbl_2", 96, 64, 3, 3), (f"{name}.branch3x3dbl_3", 96, 96, 3, 3),
+            (f"{name}.branch_pool", pool, c_in, 1, 1)]
+
+
+def block_c(name, c7):
+    return [(f"{name}.branch1x1", 192, 768, 1, 1), (f"{name}.branch7x7_1", c7, 768, 1, 1),
+            (f"{name}.branch7x7_2", c7, c7, 1, 7), (f"{name}.branch7x7_3", 192, c7, 7, 1),
+            (f"{name}.branch7x7dbl_1", c7, 768, 1, 1), (f"{name}.branch7x7dbl_2", c7, c7, 7, 1),
+            (f"{name}.branch7x7dbl_3", c7, c7, 1, 7), (f"{name}.branch7x7dbl_4", c7, c7, 7, 1),
+            (f"{name}.branch7x7dbl_5", 192, c7, 1, 7), (f"{name}.branch_pool", 192, 768, 1, 1)]
+
+
+def block_e(name, c_in):
+    return [(f"{name}.branch1x1", 320, c_in, 1, 1), (f"{name}.branch3x3_1", 384, c_in, 1, 1),
+            (f"{name}.branch3x3_2a", 384, 384, 1, 3), (f"{name}.branch3x3_2b", 384, 384, 3, 1),
+            (f"{name}.branch3x3dbl_1", 448, c_in, 1, 1), (f"{name}.branch3x3dbl_2", 384, 448, 3, 3),
+            (f"{name}.branch3x3dbl_3a", 384, 384, 1, 3), (f"{name}.branch3x3dbl_3b", 384, 384, 3, 1),
+            (f"{name}.branch_pool", 192, c_in, 1, 1)]
+
+
+CONVS = (STEM + block_a("Mixed_5b", 192, 32) + block_a("Mixed_5c", 256, 64) + block_a("Mixed_5d", 288, 64)
+         + [("Mixed_6a.branch3x3", 384, 288, 3, 3), ("Mixed_6a.branch3x3dbl_1", 64, 288, 1, 1),
+            ("Mixed_6a.branch3x3dbl_2", 96, 64, 3, 3), ("Mixed_6a.branch3x3dbl_3", 96, 96, 3, 3)]
+         + block_c("Mixed_6b", 128) + block_c("Mixed_6c", 160) + block_c("Mixed_6d", 160) + block_c("Mixed_6e", 192)
+         + [("Mixed_7a.branch3x3_1", 192, 768, 1, 1), ("Mixed_7a.branch3x3_2", 320, 192, 3, 3),
+            ("Mixed_7a.branch7x7x3_1", 192, 768, 1, 1), ("Mixed_7a.branch7x7x3_2", 192, 192, 1, 7),
+            ("Mixed_7a.branch7x7x3_3", 192, 192, 7, 1), ("Mixed_7a.branch7x7x3_4", 192, 192, 3, 3)]
+         + block_e("Mixed_7b", 1280) + block_e("Mixed_7c", 2048))
+
+
+def expected_state_shapes():
+    table = {}
+    for name, out, c_in, kh, kw in CONVS:
+        table[f"{name}.conv.weight"] = (out, c_in, kh, kw)
+        for k in ["weight", "bias", "running_mean", "running_var"]:
+            table[f"{name}.bn.{k}"] = (out,)
+        table[f"{name}.bn.num_batches_tracked"] = ()
+    table["fc.weight"], table["fc.bias"] = (1008, 2048), (1008,)
+    return table
+
+
+@pytest.fixture(scope="module")
+def inception():
+    torch.manual_seed(0)
+    return fid.FIDInceptionV3(2048).eval()
+
+
+def test_inception_parameters_match_the_published_layout(inception, tmp_path):
+    got = {k: tuple(v.shape) for k, v in inception.state_dict().items()}
+    assert len(CONVS) == 94 and got == expected_state_shapes()
+    torch.save(inception.state_dict(), tmp_path / "w.pth")
+    fresh = fid.FIDInceptionV3()
+    fresh.load_state_dict(torch.load(tmp_path / "w.pth", weights_only=True), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), inception.state_dict().values()))
+
+
+@pytest.mark.parametrize("dims", [64, 192, 768, 2048])
+def test_inception_output_shapes(dims, inception):
+    model = fid.FIDInceptionV3(dims).eval()
+    model.load_state_dict(inception.state_dict())
+    with torch.no_grad():
+        f, logits = model(torch.rand(2, 3, 28, 28))
+    assert f.shape == (2, dims)
+    assert (logits is None) == (dims != 2048) and (logits is None or logits.shape == (2, 1008))
+
+
+def captured_inputs(model, x, names):
+    got = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: got.__setitem__(n, a[0]))
+             for n in names]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return got
+
+
+def test_inception_differs_from_torchvision_where_the_tf_graph_does(inception):
+    x = torch.rand(1, 3, 40, 40)
+    names = ["Conv2d_1a_3x3", "Mixed_5b", "Mixed_5b.branch_pool", "Mixed_6b", "Mixed_6b.branch_pool",
+             "Mixed_7b", "Mixed_7b.branch_pool", "Mixed_7c", "Mixed_7c.branch_pool"]
+    got = captured_inputs(inception, x, names)
+    # preprocessing: bilinear resize to 299 without antialiasing, then [0, 1] -> [-1, 1]
+    assert torch.allclose(got["Conv2d_1a_3x3"], 2 * F.interpolate(x, (299, 299), mode="bilinear", align_corners=False) - 1)
+    for block in ["Mixed_5b", "Mixed_6b", "Mixed_7b"]:  # average pools that exclude the padding
+        inp = got[block]
+        tf = F.avg_pool2d(inp, 3, 1, 1, count_include_pad=False)
+        assert torch.allclose(got[f"{block}.branch_pool"], tf)
+        assert not torch.allclose(got[f"{block}.branch_pool"], F.avg_pool2d(inp, 3, 1, 1, count_include_pad=True))
+    # Mixed_7c: a max pool in the pool branch
+    assert torch.allclose(got["Mixed_7c.branch_pool"], F.max_pool2d(got["Mixed_7c"], 3, 1, 1))
+    big = torch.rand(1, 3, 400, 400)  # downsampling: antialiasing would change the network's input
+    got = captured_inputs(inception, big, ["Conv2d_1a_3x3"])["Conv2d_1a_3x3"]
+    assert not torch.allclose(got, 2 * F.interpolate(big, (299, 299), mode="bilinear", antialias=True) - 1, atol=1e-3)
+
+
+def test_weights_from_file_and_from_a_local_server(inception, tmp_path, monkeypatch, capsys):
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(inception.state_dict(), served / "pt_inception-2015-12-05-6726825d.pth")
+    digest = fid.file_hash(served / "pt_inception-2015-12-05-6726825d.pth", "sha256")
+    cfg = cfg_for("x", "y", "--weights", served / "pt_inception-2015-12-05-6726825d.pth")
+    model, whash = fid.load_inception(cfg, "cpu")
+    assert whash == digest[:16]
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with http_server(served) as url:
+        monkeypatch.setattr(fid, "INCEPTION_URL", url + "pt_inception-2015-12-05-6726825d.pth")
+        monkeypatch.setattr(fid, "INCEPTION_SHA256_PREFIX", "0" * 8)
+        with pytest.raises(fid.UserError, match="checksum mismatch"):
+            fid.load_inception(cfg_for("x", "y"), "cpu")
+        assert not (tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").exists()
+        monkeypatch.setattr(fid, "INCEPTION_SHA256_PREFIX", digest[:8])
+        model, whash = fid.load_inception(cfg_for("x", "y"), "cpu")
+    assert (tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").is_file()
+    monkeypatch.setattr(fid, "INCEPTION_URL", closed_port_url() + "w.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub2"))
+    with pytest.raises(fid.UserError, match="could not get .* by hand"):
+        fid.load_inception(cfg_for("x", "y"), "cpu")
+
+
+def test_wrong_weight_file_is_refused(tmp_path):
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "w.pth")
+    with pytest.raises(fid.UserError, match="not the FID Inception weight file"):
+        fid.load_inception(cfg_for("x", "y", "--weights", tmp_path / "w.pth"), "cpu")
+
+
+def test_inception_end_to_end_with_saved_stats(inception, tmp_path, capsys):
+    torch.save(inception.state_dict(), tmp_path / "w.pth")
+    write_image_folder(tmp_path / "a", sizes=((32, 32),) * 3, classes=("x", "y"))
+    write_image_folder(tmp_path / "b", sizes=((32, 32),) * 2, classes=("x", "y", "z"))
+    r = fid.main(["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a"), str(tmp_path / "b"),
+                  "--dims", "64", "--save-stats", str(tmp_path / "a_stats.npz"), "--kid-subset-size", "6"])
+    assert r["extractor"] == "inception" and "FID" in r and r["n"] == [6, 6]
+    assert any("only 6 samples" in n for n in r["notes"])  # diagnostics, not silence
+    r2 = fid.main(["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a_stats.npz"), str(tmp_path / "b"),
+                   "--dims", "64"])
+    assert r2["FID"] == pytest.approx(r["FID"], rel=1e-9)  # cached statistics give the same number
+    err = error_of(capsys, ["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a_stats.npz"), str(tmp_path / "b"),
+                            "--dims", "192"])
+    assert "cannot be compared" in err and "64-d" in err
+
+
+# ---------------------------------------------------------------- classifier, loaders, CLI
+@pytest.fixture
+def mnist_dir(tmp_path):
+    write_mnist_like(tmp_path / "data" / "mnist", n=300, seed=1)
+    write_mnist_like(tmp_path / "data" / "mnist", n=100, seed=2, split="test")
+    return tmp_path / "data"
+
+
+def test_train_classifier_and_evaluate_samples(mnist_dir, tmp_path, capsys):
+    model, acc = fid.main(["train-classifier", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--epochs", "1",
+                           "--batch-size", "50"])
+    assert (mnist_dir / "classifiers" / "mnist.pt").is_file() and 0 <= acc <= 1
+    assert "test accuracy" in capsys.readouterr().out
+    x = np.random.default_rng(0).integers(0, 256, (120, 28, 28, 1), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", x=x, y=np.arange(120) % 10)
+    r = fid.main([str(tmp_path / "samples.npz"), "mnist", "--data-dir", str(mnist_dir), "--kid-subset-size", "50"])
+    assert r["extractor"] == "classifier" and "FD (classifier features)" in r and "FID" not in r
+    assert r["n"] == [120, 300] and "classifier score" in r and "conditional_accuracy" in r["coverage"]
+    assert 0 <= r["memorisation"]["likely_copies"] <= 1 and "KID" in r
+    out = capsys.readouterr().out
+    assert "FD (classifier features)" in out and "FID" not in out
+
+
+def test_real_vs_real_with_splits_and_json(mnist_dir, capsys):
+    fid.main(["train-classifier", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--epochs", "1"])
+    capsys.readouterr()
+    fid.main(["mnist:test", "mnist", "--data-dir", str(mnist_dir), "--json", "--metrics", "fid,kid"])
+    r = json.loads(capsys.readouterr().out)
+    assert r["generated"] == "mnist:test" and r["reference"] == "mnist:train" and set(r) >= {"FD (classifier features)", "KID"}
+    assert "coverage" not in r  # only the metrics asked for
+
+
+def test_missing_classifier_says_how_to_train_it(tmp_path, capsys, mnist_dir):
+    np.savez(tmp_path / "s.npz", x=np.zeros((10, 28, 28, 1), np.uint8))
+    err = error_of(capsys, [tmp_path / "s.npz", "mnist", "--data-dir", mnist_dir])
+    assert "fid.py train-classifier --dataset mnist" in err
+
+
+def test_nan_features_are_refused(tmp_path, capsys, mnist_dir):
+    model = fid.Classifier()
+    for p in model.parameters():
+        p.data.fill_(float("nan"))
+    torch.save({"kind": "classifier", "model": model.state_dict()}, tmp_path / "nan.pt")
+    np.savez(tmp_path / "s.npz", x=np.zeros((10, 28, 28, 1), np.uint8))
+    err = error_of(capsys, [tmp_path / "s.npz", "mnist", "--data-dir", mnist_dir, "--classifier", tmp_path / "nan.pt"])
+    assert "NaN" in err
+
+
+def test_loaders(tmp_path, mnist_dir):
+    cfg = cfg_for("x", "--data-dir", mnist_dir, "--num-real", 50)
+    write_image_folder(tmp_path / "same", sizes=((20, 20),) * 2)
+    s = fid.load_source(str(tmp_path / "same"), cfg)
+    assert s["kind"] == "images" and s["x"].shape == (4, 20, 20, 3) and s["x"].dtype == np.uint8
+    np.savez(tmp_path / "pts.npz", x=np.zeros((7, 2), np.float32))
+    assert fid.load_source(str(tmp_path / "pts.npz"), cfg)["kind"] == "points"
+    d = fid.load_source("mnist:test", cfg)
+    assert d["x"].shape == (50, 28, 28, 1) and d["split"] == "test" and len(d["y"]) == 50
+    assert len(fid.load_source("8gaussians", cfg, n_like=33)["x"]) == 33
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty", "no .png/.jpg images"), ("mixed", "mixes image sizes"), ("badnpz", "must be uint8"),
+    ("nokey", "neither 'x'"), ("unknown", "neither a .npz file"), ("one", "give two sources"),
+    ("metric", "unknown metric"), ("split", "unknown split"), ("points_vs_images", "cannot compare 2-D points")])
+def test_bad_inputs(case, message, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    write_image_folder(tmp_path / "mixed")  # 40x30, 28x28 and 64x80 images
+    np.savez(tmp_path / "bad.npz", x=np.zeros((3, 8, 8, 1), np.float32))
+    np.savez(tmp_path / "nokey.npz", z=np.zeros(3))
+    np.savez(tmp_path / "pts.npz", x=np.zeros((3, 2), np.float32))
+    argv = {"empty": [tmp_path / "empty", "8gaussians"], "mixed": [tmp_path / "mixed", "8gaussians"],
+            "badnpz": [tmp_path / "bad.npz", "8gaussians"], "nokey": [tmp_path / "nokey.npz", "8gaussians"],
+            "unknown": ["nosuch", "8gaussians"], "one": ["8gaussians"], "metric": ["8gaussians", "8gaussians", "--metrics", "fid,foo"],
+            "split": ["mnist:val", "mnist"], "points_vs_images": [tmp_path / "pts.npz", tmp_path / "mixed"]}[case]
+    if case == "points_vs_images":
+        write_image_folder(tmp_path / "mixed2", sizes=((8, 8),))
+        argv = [tmp_path / "pts.npz", tmp_path / "mixed2"]
+    assert message in error_of(capsys, argv)
+
+
+def test_no_arguments_prints_usage_and_an_example():
+    r = subprocess.run([sys.executable, str(ROOT / "fid.py")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "usage: fid.py" in r.stdout and "python fid.py runs/gan-fashion-mnist/samples.npz" in r.stdout
+
+
+def test_toy_samples_from_gan_py(tmp_path):
+    import gan
+    gan.main(["--out", str(tmp_path / "g"), "--steps", "3", "--batch-size", "8", "--width", "8", "--num-samples", "300"])
+    r = fid.main([str(tmp_path / "g" / "samples.npz"), "8gaussians", "--kid-subset-size", "100"])
+    assert r["extractor"] == "raw" and r["n"] == [300, 300] and r["modes"]["of"] == 8 and r["FD (2-D points)"] > 0
+
+
+def test_scaffolding_copies_are_identical_to_gan_py():
+    """Deliberate copies between files (CONVENTIONS §2) must not drift."""
+    import ast
+    import inspect
+    import gan
+    for name in ["toy_centres", "sample_toy", "file_hash", "download", "find_or_download", "read_idx",
+                 "RestrictedUnpickler", "load_cifar10", "load_image_folder", "load_images", "mode_metrics",
+                 "to_uint8", "fmt_time", "write_atomic", "pick_device", "UserError"]:
+        assert inspect.getsource(getattr(fid, name)) == inspect.getsource(getattr(gan, name)), name
+    assert fid.DATASETS == gan.DATASETS
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FASHION_SYSTEM_DIR / "train-images-idx3-ubyte.gz").exists(),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_classifier_learns(tmp_path):
+    _, acc = fid.main(["train-classifier", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--epochs", "1"])
+    assert acc > 0.85
