@@ -547,7 +547,7 @@ def save_samples_figure(path, cfg, G, D, z_fixed, x_shown, device):
             xa = x_fake[:200].clone().to(device).requires_grad_(True)
             push = -torch.autograd.grad(GENERATOR_LOSSES[cfg.g_loss](D(xa)) * len(xa), xa)[0].cpu()
         ax.quiver(*xa.detach().cpu().numpy().T, *push.numpy().T, color="green", width=0.003, label="-grad loss_G")
-        ax.set(xlim=(g[0], g[-1]), ylim=(g[0], g[-1]), aspect="equal", title=f"{cfg.dataset}, step {path.stem[8:]}")
+        ax.set(xlim=(g[0].item(), g[-1].item()), ylim=(g[0].item(), g[-1].item()), aspect="equal", title=f"{cfg.dataset}, step {path.stem[8:]}")
         ax.legend(loc="lower right", fontsize=7)
     else:
         ax.imshow(image_grid(x_fake, 8), cmap="gray" if x_fake.shape[1] == 1 else None)
