@@ -745,15 +745,17 @@ def evaluate(cfg, device):
     extractor = choose_extractor(cfg, sources)
     dataset = next((s["dataset"] for s in sources if s.get("dataset")), None)
     model, whash = None, "none"
-    if extractor == "inception":
+    if extractor == "inception" and any(s["kind"] == "images" for s in sources):
         model, whash = load_inception(cfg, device)
-    elif extractor == "classifier":
+    elif extractor == "classifier" and any(s["kind"] == "images" for s in sources):
         if not cfg.classifier and dataset not in ("mnist", "fashion-mnist"):
             raise UserError("the classifier extractor needs --classifier PATH when no source names mnist or fashion-mnist")
         model, whash = load_classifier(cfg.classifier or Path(cfg.data_dir) / "classifiers" / f"{dataset}.pt", device)
         if any(s["kind"] == "images" and s["x"].shape[1:3] != (28, 28) for s in sources):
             raise UserError("the classifier takes 28x28 images; use --extractor inception for other sizes")
     dims = {"inception": cfg.dims, "classifier": 128, "raw": 2}[extractor]
+    if all(s["kind"] == "stats" for s in sources):  # nothing to extract: the statistics say what they are
+        dims, whash = int(sources[0]["dims"]), str(sources[0]["weights_hash"])
     label = {"inception": "FID", "classifier": "FD (classifier features)", "raw": "FD (2-D points)"}[extractor]
     notes, stats, feats, probs = [], [], [], []
     for s in sources:
@@ -781,8 +783,13 @@ def evaluate(cfg, device):
     if probs[0] is not None and "is" in metrics:
         results["Inception Score" if extractor == "inception" else "classifier score"] = inception_score(probs[0], cfg.splits)
     if probs[0] is not None and "coverage" in metrics:
-        results["coverage"] = class_coverage(probs[0] if extractor == "classifier" else probs[0][:, 1:1001], gen.get("y"))
-    if "memorisation" in metrics and gen["kind"] == "images" and dataset in IMAGE_SETS:
+        if extractor == "classifier":  # labels can be checked against our 10-class classifier only
+            results["coverage"] = class_coverage(probs[0], gen.get("y"))
+        else:                          # TF's 1008 outputs: 0 is background, 1..1000 the ImageNet classes
+            results["coverage"] = class_coverage(probs[0][:, 1:1001])
+    if "memorisation" in metrics and gen.get("dataset"):
+        notes.append("memorisation skipped: the first source is real data, not samples")
+    elif "memorisation" in metrics and gen["kind"] == "images" and dataset in IMAGE_SETS:
         size = {"cifar10": 32}.get(dataset, 28)
         if gen["x"].shape[1] == size:
             x_train, _ = load_images(dataset, cfg.data_dir, size, "train")

@@ -57,6 +57,12 @@ def run_script(script, name, args, reuse):
     return out, seconds
 
 
+def publish(figure, name):
+    """Copy a run's figure into assets/, where the README shows it."""
+    (ROOT / "assets").mkdir(exist_ok=True)
+    shutil.copy(figure, ROOT / "assets" / name)
+
+
 def last_log_row(out):
     rows = list(csv.DictReader(open(out / "log.csv")))
     return {k: float(v) for k, v in rows[-1].items()}
@@ -71,6 +77,8 @@ def bench_gan_toy(reuse):
             args = ["--dataset", dataset, "--seed", seed, "--log-every", 500] + (["--steps", 1000] if QUICK else [])
             out, seconds = run_script("gan.py", f"gan-{dataset}-s{seed}", args, reuse)
             m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
+            if seed == 0 and not QUICK:
+                publish(out / f"samples_{int(last['step'])}.png", f"gan_{dataset}.png")
             rows.append({"dataset": dataset, "seed": seed, "steps": int(last["step"]),
                          "modes": f"{m['modes']}/{m['of']}", "high_quality_%": round(100 * m["high_quality"], 1),
                          "steps_per_s": round(last["step"] / last["seconds"], 1), "wall_s": round(seconds)})
@@ -80,15 +88,17 @@ def bench_gan_toy(reuse):
 def bench_gan_js(reuse):
     args = ["--experiment", "js"] + (["--js-steps", 200] if QUICK else [])
     out, seconds = run_script("gan.py", "gan-js", args, reuse)
+    if not QUICK:
+        publish(out / "js.png", "gan_js.png")
     r = list(csv.DictReader(open(out / "js.csv")))
     g = [x for x in r if x["case"] == "gaussians"]
     lines = [x for x in r if x["case"] == "parallel lines" and float(x["theta"]) > 0]
     return [{
-        "gaussians: max |JS estimate - exact JS|": round(max(abs(float(x["js_estimate"]) - float(x["js_exact"])) for x in g), 4),
+        "gaussians: max abs(JS estimate - exact JS)": round(max(abs(float(x["js_estimate"]) - float(x["js_exact"])) for x in g), 4),
         "lines (theta > 0): JS estimate / log 2, min..max": f"{min(float(x['js_estimate']) for x in lines) / math.log(2):.4f}.."
                                                              f"{max(float(x['js_estimate']) for x in lines) / math.log(2):.4f}",
-        "lines: minimax |dL/dtheta| at smallest -> largest theta": f"{float(lines[0]['grad_minimax']):.1e} -> {float(lines[-1]['grad_minimax']):.1e}",
-        "gaussians: minimax |dL/dtheta| peak -> theta=8": f"{max(float(x['grad_minimax']) for x in g):.2f} -> {float(g[-1]['grad_minimax']):.1e}",
+        "lines: minimax gradient at smallest -> largest theta": f"{float(lines[0]['grad_minimax']):.1e} -> {float(lines[-1]['grad_minimax']):.1e}",
+        "gaussians: minimax gradient, peak -> theta=8": f"{max(float(x['grad_minimax']) for x in g):.2f} -> {float(g[-1]['grad_minimax']):.1e}",
         "wall_s": round(seconds)}]
 
 
@@ -97,14 +107,98 @@ def bench_gan_images(reuse):
     out, seconds = run_script("gan.py", "gan-fashion-mnist", args, reuse)
     last = last_log_row(out)
     if not QUICK:  # the README shows this run's final grid
-        (ROOT / "assets").mkdir(exist_ok=True)
-        shutil.copy(out / f"samples_{int(last['step'])}.png", ROOT / "assets" / "gan_fashion_mnist.png")
+        publish(out / f"samples_{int(last['step'])}.png", "gan_fashion_mnist.png")
     return [{"dataset": "fashion-mnist", "steps": int(last["step"]), "batch": 64,
              "steps_per_s": round(last["step"] / last["seconds"], 2), "wall_s": round(seconds),
              "final D(x)": round(last["D_x"], 2), "final D(G(z))": round(last["D_G_z"], 2)}]
 
 
-SECTIONS = {"gan-toy": bench_gan_toy, "gan-js": bench_gan_js, "gan-images": bench_gan_images}
+# ---------------------------------------------------------------------------------- fid.py
+def bench_fid_frechet(reuse):
+    """Our eigendecomposition Frechet distance against scipy's sqrtm on the same 2048-d covariances."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    import fid
+    try:
+        from scipy import linalg
+    except ImportError:
+        return [{"note": "scipy not installed: comparison skipped"}]
+    rows = []
+    for d in [64, 512, 2048]:
+        rng = np.random.default_rng(d)
+        f1, f2 = rng.standard_normal((2 * d + 100, d)), rng.standard_normal((2 * d + 100, d)) @ rng.uniform(0.5, 1.5, (d, d)) / math.sqrt(d)
+        mu1, s1 = fid.gaussian_statistics(f1)
+        mu2, s2 = fid.gaussian_statistics(f2)
+        reps = 1 if (QUICK or d == 2048) else 3
+        t = time.perf_counter()
+        for _ in range(reps):
+            ours = fid.frechet_distance(mu1, s1, mu2, s2)
+        t_ours = (time.perf_counter() - t) / reps
+        t = time.perf_counter()
+        for _ in range(reps):
+            covmean = linalg.sqrtm(s1 @ s2)
+            ref = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean).real)
+        t_ref = (time.perf_counter() - t) / reps
+        rows.append({"dims": d, "ours_s": round(t_ours, 3), "scipy_sqrtm_s": round(t_ref, 3),
+                     "speed-up": round(t_ref / t_ours, 1), "relative difference": f"{abs(ours - ref) / abs(ref):.1e}"})
+    return rows
+
+
+def bench_fid_throughput(reuse):
+    sys.path.insert(0, str(ROOT))
+    import torch
+    import fid
+    torch.manual_seed(0)
+    rows = []
+    for name, model, shape, n in [("inception (2048-d, 32 px input resized to 299)", fid.FIDInceptionV3(2048), (3, 32, 32), 40 if QUICK else 200),
+                                  ("classifier (128-d, 28 px)", fid.Classifier(), (1, 28, 28), 2000 if QUICK else 20000)]:
+        model.eval()
+        x = torch.rand(50, *shape)
+        with torch.no_grad():
+            model(x[:2])  # warm-up
+            t = time.perf_counter()
+            for _ in range(n // 50):
+                model(x)
+        rows.append({"extractor": name, "images_per_s": round(n / (time.perf_counter() - t), 1), "batch": 50})
+    return rows
+
+
+def bench_fid_scores(reuse):
+    """Train the classifier, then the real-vs-real floor and gan.py's Fashion-MNIST samples."""
+    clf = RUNS / "fid-classifier" / "fashion-mnist.pt"
+    stamp = clf.with_suffix(".json")
+    if not (reuse and stamp.exists()):
+        clf.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        args = ["train-classifier", "--dataset", "fashion-mnist", "--out", str(clf)] + (["--epochs", "1"] if QUICK else [])
+        print(f"[bench] python fid.py {' '.join(args)}", flush=True)
+        text = subprocess.run([sys.executable, str(ROOT / "fid.py"), *args], check=True, cwd=ROOT,
+                              capture_output=True, text=True).stdout
+        acc = float(text.rsplit("test accuracy ", 1)[1].split("%")[0])
+        stamp.write_text(json.dumps({"accuracy": acc, "seconds": time.time() - t0}))
+    c = json.loads(stamp.read_text())
+    rows = [{"what": "classifier: test accuracy (Fashion-MNIST, 10,000 test images)", "value": f"{c['accuracy']:.2f} %",
+             "seconds": round(c["seconds"])}]
+    pairs = [("real test vs real train (the floor)", "fashion-mnist:test")]
+    gan_samples = RUNS / "gan-fashion-mnist" / "samples.npz"
+    if gan_samples.exists():
+        pairs.append(("gan.py default run (1,000 samples) vs real train", str(gan_samples)))
+    for what, source in pairs:
+        t0 = time.time()
+        r = json.loads(subprocess.run([sys.executable, str(ROOT / "fid.py"), source, "fashion-mnist", "--classifier", str(clf),
+                                       "--json", "--num-real", "10000"], check=True, cwd=ROOT, capture_output=True, text=True).stdout)
+        cov = r["coverage"]
+        rows.append({"what": what, "value": f"FD {r['FD (classifier features)']:.2f}, KID {r['KID'][0]:.4f}, "
+                     f"score {r['classifier score'][0]:.2f}, confidence {cov['confidence']:.2f}, class entropy "
+                     f"{cov['class_entropy']:.3f}/{cov['max_entropy']:.3f}, missing {cov['missing_classes'] or 'none'}"
+                     + (f", likely copies {100 * r['memorisation']['likely_copies']:.1f} % (nearest-train distance median "
+                        f"{r['memorisation']['median_nn_distance']:.2f} vs held-out {r['memorisation']['heldout_median_nn_distance']:.2f})"
+                        if "memorisation" in r else ""), "seconds": round(time.time() - t0)})
+    return rows
+
+
+SECTIONS = {"gan-toy": bench_gan_toy, "gan-js": bench_gan_js, "gan-images": bench_gan_images,
+            "fid-frechet": bench_fid_frechet, "fid-throughput": bench_fid_throughput, "fid-scores": bench_fid_scores}
 
 
 def to_markdown(title, rows):
@@ -119,18 +213,25 @@ def main():
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS))
     p.add_argument("--reuse", action="store_true", help="reuse finished runs with identical flags")
     a = p.parse_args()
-    t0, results = time.time(), {"machine": machine(), "quick": QUICK, "sections": {}}
+    suffix = "_quick" if QUICK else ""
+    json_path = ROOT / "bench" / f"results{suffix}.json"
+    # --only updates those sections and keeps the others from the last run
+    old = json.loads(json_path.read_text()) if json_path.exists() and a.only != ",".join(SECTIONS) else {}
+    results = {"machine": machine(), "quick": QUICK, "sections": old.get("sections", {}), "seconds": old.get("seconds", {})}
     for name in a.only.split(","):
         if name not in SECTIONS:
             sys.exit(f"bench: unknown section {name}; choose from {', '.join(SECTIONS)}")
+        t0 = time.time()
         results["sections"][name] = SECTIONS[name](a.reuse)
-    results["total_s"] = round(time.time() - t0)
+        results["seconds"][name] = round(time.time() - t0)
+    results["sections"] = {k: results["sections"][k] for k in SECTIONS if k in results["sections"]}
     m = results["machine"]
     md = [f"# Benchmark results{' (BENCH_QUICK: reduced budgets)' if QUICK else ''}", "",
           f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Python {m['python']}. "
-          f"Produced by `make bench` in {results['total_s']} s (reused runs count their original time).", ""]
+          "Produced by `make bench`; seconds per section: " +
+          ", ".join(f"{k} {v}" for k, v in results["seconds"].items() if k in results["sections"]) +
+          " (a section that reused finished runs with --reuse counts only the reading; each run's own time is in its wall_s).", ""]
     md += [to_markdown(k, v) for k, v in results["sections"].items()]
-    suffix = "_quick" if QUICK else ""
     (ROOT / "bench" / f"results{suffix}.md").write_text("\n".join(md))
     (ROOT / "bench" / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
     print("\n".join(md))

@@ -303,6 +303,9 @@ def test_inception_end_to_end_with_saved_stats(inception, tmp_path, capsys):
     r2 = fid.main(["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a_stats.npz"), str(tmp_path / "b"),
                    "--dims", "64"])
     assert r2["FID"] == pytest.approx(r["FID"], rel=1e-9)  # cached statistics give the same number
+    fid.main(["--weights", str(tmp_path / "w.pth"), str(tmp_path / "b"), "--dims", "64", "--save-stats", str(tmp_path / "b_stats.npz")])
+    r3 = fid.main([str(tmp_path / "a_stats.npz"), str(tmp_path / "b_stats.npz")])  # statistics alone: no network needed
+    assert r3["FID"] == pytest.approx(r["FID"], rel=1e-9) and r3["n"] == [6, 6]
     err = error_of(capsys, ["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a_stats.npz"), str(tmp_path / "b"),
                             "--dims", "192"])
     assert "cannot be compared" in err and "64-d" in err
