@@ -31,7 +31,6 @@ minibatches are drawn with replacement (no epochs) so a resumed run replays the 
 import argparse
 import gzip
 import hashlib
-import io
 import json
 import math
 import os

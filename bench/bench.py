@@ -1,6 +1,6 @@
 """make bench: the quality and speed figures the README publishes, measured by running the scripts.
 
-    python bench/bench.py                 # everything (about 25 minutes on a 2-core CPU)
+    python bench/bench.py                 # everything (about 90 minutes on a 2-core CPU)
     BENCH_QUICK=1 python bench/bench.py   # reduced budgets, a smoke check in a few minutes
     python bench/bench.py --reuse         # read runs that already finished with the same flags
     python bench/bench.py --only gan-toy,gan-js
@@ -113,6 +113,64 @@ def bench_gan_images(reuse):
              "final D(x)": round(last["D_x"], 2), "final D(G(z))": round(last["D_G_z"], 2)}]
 
 
+# ---------------------------------------------------------------------------------- wgan_gp.py
+def bench_wgan_toy(reuse):
+    """Default runs on both mixtures for each Lipschitz method, with the curve of modes / high-quality %
+    against training time (from log.csv)."""
+    rows = []
+    for dataset in ["25gaussians", "8gaussians"]:
+        for lip in ["gp", "clip", "sn"]:
+            args = ["--dataset", dataset, "--lipschitz", lip, "--log-every", 500] + (["--steps", 300] if QUICK else [])
+            out, seconds = run_script("wgan_gp.py", f"wgan_gp-{dataset}-{lip}", args, reuse)
+            m, log = json.loads((out / "metrics.json").read_text()), list(csv.DictReader(open(out / "log.csv")))
+            if dataset == "25gaussians" and not QUICK:
+                publish(out / f"samples_{int(float(log[-1]['step']))}.png", f"wgan_gp_{dataset}_{lip}.png")
+            curve = " ".join(f"{float(r['seconds']):.0f}s:{100 * float(r['high_quality']):.0f}%" for r in log[1::2])
+            rows.append({"dataset": dataset, "lipschitz": lip, "steps": int(float(log[-1]["step"])),
+                         "modes": f"{m['modes']}/{m['of']}", "high_quality_%": round(100 * m["high_quality"], 1),
+                         "final W estimate": round(float(log[-1]["wasserstein"]), 4),
+                         "steps_per_s": round(float(log[-1]["step"]) / float(log[-1]["seconds"]), 1), "wall_s": round(seconds),
+                         "high-quality % over time": curve})
+    return rows
+
+
+def bench_wgan_experiments(reuse):
+    rows = []
+    out, seconds = run_script("wgan_gp.py", "wgan_gp-w-vs-js", ["--experiment", "w-vs-js"] +
+                              (["--exp-steps", 200] if QUICK else []), reuse)
+    fits = json.loads((out / "w_vs_js_fit.json").read_text())
+    r = list(csv.DictReader(open(out / "w_vs_js.csv")))
+    lines = [x for x in r if x["case"] == "parallel lines" and float(x["theta"]) > 0]
+    for case, f in fits.items():
+        rows.append({"experiment": f"w-vs-js, {case}", "result": f"W estimate = {f['slope']:.3f} abs(theta) + {f['intercept']:.3f}, "
+                     f"R^2 = {f['r2']:.4f}", "wall_s": round(seconds)})
+    rows.append({"experiment": "w-vs-js, parallel lines, theta > 0", "result": "JS estimate / log 2 = "
+                 f"{min(float(x['js_estimate']) for x in lines) / math.log(2):.3f}..{max(float(x['js_estimate']) for x in lines) / math.log(2):.3f}; "
+                 f"gradient at theta = {lines[-1]['theta']}: WGAN {float(lines[-1]['grad_wgan']):.2f}, GAN {float(lines[-1]['grad_gan_minimax']):.1e}",
+                 "wall_s": round(seconds)})
+    if not QUICK:
+        publish(out / "w_vs_js.png", "wgan_gp_w_vs_js.png")
+    out, seconds = run_script("wgan_gp.py", "wgan_gp-gradnorm", ["--experiment", "gradnorm"] +
+                              (["--exp-steps", 200] if QUICK else []), reuse)
+    for line in list(csv.reader(open(out / "gradnorm.csv")))[1:]:
+        v = [float(x) for x in line[1:]]
+        rows.append({"experiment": f"gradnorm, {line[0]}", "result": f"layer 1 (input) {v[0]:.1e} ... layer 13 {v[-1]:.1e}",
+                     "wall_s": round(seconds)})
+    if not QUICK:
+        publish(out / "gradnorm.png", "wgan_gp_gradnorm.png")
+    return rows
+
+
+def bench_wgan_images(reuse):
+    args = ["--dataset", "fashion-mnist", "--log-every", 100] + (["--steps", 30] if QUICK else [])
+    out, seconds = run_script("wgan_gp.py", "wgan_gp-fashion-mnist", args, reuse)
+    last = last_log_row(out)
+    if not QUICK:
+        publish(out / f"samples_{int(last['step'])}.png", "wgan_gp_fashion_mnist.png")
+    return [{"dataset": "fashion-mnist", "steps": int(last["step"]), "batch": 64, "steps_per_s": round(last["step"] / last["seconds"], 2),
+             "wall_s": round(seconds), "final W estimate": round(last["wasserstein"], 3)}]
+
+
 # ---------------------------------------------------------------------------------- fid.py
 def bench_fid_frechet(reuse):
     """Our eigendecomposition Frechet distance against scipy's sqrtm on the same 2048-d covariances."""
@@ -198,6 +256,7 @@ def bench_fid_scores(reuse):
 
 
 SECTIONS = {"gan-toy": bench_gan_toy, "gan-js": bench_gan_js, "gan-images": bench_gan_images,
+            "wgan-toy": bench_wgan_toy, "wgan-experiments": bench_wgan_experiments, "wgan-images": bench_wgan_images,
             "fid-frechet": bench_fid_frechet, "fid-throughput": bench_fid_throughput, "fid-scores": bench_fid_scores}
 
 

@@ -403,18 +403,6 @@ def test_toy_samples_from_gan_py(tmp_path):
     assert r["extractor"] == "raw" and r["n"] == [300, 300] and r["modes"]["of"] == 8 and r["FD (2-D points)"] > 0
 
 
-def test_scaffolding_copies_are_identical_to_gan_py():
-    """Deliberate copies between files (CONVENTIONS §2) must not drift."""
-    import ast
-    import inspect
-    import gan
-    for name in ["toy_centres", "sample_toy", "file_hash", "download", "find_or_download", "read_idx",
-                 "RestrictedUnpickler", "load_cifar10", "load_image_folder", "load_images", "mode_metrics",
-                 "to_uint8", "fmt_time", "write_atomic", "pick_device", "UserError"]:
-        assert inspect.getsource(getattr(fid, name)) == inspect.getsource(getattr(gan, name)), name
-    assert fid.DATASETS == gan.DATASETS
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not (FASHION_SYSTEM_DIR / "train-images-idx3-ubyte.gz").exists(),
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
