@@ -18,7 +18,7 @@ Run it:
     python wgan_gp.py --lipschitz sn --dataset 8gaussians
     python wgan_gp.py --dataset fashion-mnist          # images (about 10 minutes on 2 CPU cores)
     python wgan_gp.py --experiment w-vs-js             # W grows with the separation, JS is stuck at log 2
-    python wgan_gp.py --experiment gradnorm            # clipping's vanishing gradients in a deep critic
+    python wgan_gp.py --experiment gradnorm            # clipping's exploding / vanishing gradients
 
 Lecture notes followed: why JS fails; the Wasserstein / earth mover distance (moving plans, the
 smallest average distance); the 1-Lipschitz constraint ("smooth enough", D not sent to +-infinity
@@ -645,9 +645,9 @@ def w_vs_js_experiment(cfg):
 
 def gradnorm_experiment(cfg):
     """The WGAN-GP paper's Figure 1(b): a deep (12 hidden layers) critic trained on the swiss roll against
-    a fixed generator (Gaussian noise). With small clipping thresholds every layer shrinks the signal,
-    so the gradients vanish geometrically towards the input (the paper: and explode for large c); with
-    the penalty they stay level."""
+    a fixed generator (Gaussian noise). With small clipping thresholds every layer shrinks the signal
+    and the gradients vanish (1e-14 at c = 0.01, exactly 0 at c = 0.001); with c = 0.1 they explode
+    (1e8 after 2,000 steps); with the penalty every layer keeps a gradient of order 1."""
     out, curves = Path(cfg.out), {}
     real = lambda n: sample_toy("swissroll", n)
     fake = lambda n: 0.5 * torch.randn(n, 2)
