@@ -12,7 +12,7 @@ overlap JS is stuck at log 2 and G gets no gradient. `--experiment js` makes tha
 Run it:
     python gan.py                                  # 8 Gaussians in 2-D, about a minute on a CPU
     python gan.py --dataset 25gaussians            # harder toy set: watch for dropped modes
-    python gan.py --dataset fashion-mnist          # DCGAN-style images (about 15 min on 2 CPU cores)
+    python gan.py --dataset fashion-mnist          # DCGAN-style images (about 12 min on 2 CPU cores)
     python gan.py --dataset mnist | cifar10 | path/to/images
     python gan.py --experiment js                  # JS saturates at log 2, the gradient vanishes
     python gan.py --g-loss minimax --d-steps 5     # the paper's loss, k = 5 D steps per G step

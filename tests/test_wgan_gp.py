@@ -104,9 +104,10 @@ def test_clipping_keeps_every_weight_in_range():
     assert any((p.abs() == 0.01).any() for p in D.parameters())
 
 
-@pytest.mark.parametrize("layer", [nn.Linear(20, 30), nn.Conv2d(3, 8, 4, 2, 1)])
-def test_spectral_norm_gives_unit_largest_singular_value(layer):
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_spectral_norm_gives_unit_largest_singular_value(kind):
     torch.manual_seed(0)
+    layer = nn.Linear(20, 30) if kind == "linear" else nn.Conv2d(3, 8, 4, 2, 1)
     sn = w.SpectralNorm(layer)
     x = torch.randn(2, 20) if isinstance(layer, nn.Linear) else torch.randn(2, 3, 8, 8)
     for _ in range(50):  # power iteration converges over training steps
@@ -117,7 +118,8 @@ def test_spectral_norm_gives_unit_largest_singular_value(layer):
     assert torch.linalg.matrix_norm(W / sn.sigma(), 2).item() == pytest.approx(1.0, rel=1e-3)
     ref = torch.nn.functional.linear(x, W / true_sigma, layer.bias) if isinstance(layer, nn.Linear) else \
         torch.nn.functional.conv2d(x, layer.weight / true_sigma, layer.bias, 2, 1)
-    assert torch.allclose(sn(x), ref, atol=1e-4)
+    sn.eval()  # no further power iteration: compare the layer's output with the exact normalisation
+    assert torch.allclose(sn(x), ref, rtol=2e-3, atol=2e-3)
 
 
 def test_sn_critic_layers_all_normalised(tmp_path):
