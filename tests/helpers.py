@@ -107,3 +107,16 @@ def closed_port_url():
 def snapshot(folder):
     """Every file below folder with its bytes' MD5, to prove nothing on disk was lost or changed."""
     return {str(p.relative_to(folder)): md5(p) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def expect_user_error(capsys, main, prog, argv):
+    """main(argv) must end with exit status 1 and exactly one clear '<prog>: error: ...' line on stderr,
+    no traceback (earlier stderr lines may be download progress). Returns that line."""
+    import pytest
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    assert e.value.code == 1
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()[-1]
+    assert err.startswith(f"{prog}: error: ") and "Traceback" not in stderr and stderr.count(f"{prog}: error") == 1
+    return err

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import fid
-from helpers import FASHION_SYSTEM_DIR, closed_port_url, http_server, write_image_folder, write_mnist_like
+from helpers import expect_user_error, FASHION_SYSTEM_DIR, closed_port_url, http_server, write_image_folder, write_mnist_like
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,13 +23,7 @@ def cfg_for(*argv):
 
 
 def error_of(capsys, argv):
-    with pytest.raises(SystemExit) as e:
-        fid.main(list(map(str, argv)))
-    assert e.value.code == 1
-    stderr = capsys.readouterr().err
-    err = stderr.strip().splitlines()[-1]
-    assert err.startswith("fid.py: error: ") and "Traceback" not in stderr
-    return err
+    return expect_user_error(capsys, fid.main, "fid.py", argv)
 
 
 def random_spd(d, rng, rank=None):

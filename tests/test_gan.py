@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import gan
-from helpers import (FASHION_SYSTEM_DIR, closed_port_url, http_server, md5, snapshot, write_cifar_like,
+from helpers import (expect_user_error, FASHION_SYSTEM_DIR, closed_port_url, http_server, md5, snapshot, write_cifar_like,
                      write_idx, write_image_folder, write_mnist_like)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,14 +28,7 @@ def run(tmp_path, *args, name="run"):
 
 
 def error_of(capsys, argv):
-    """main(argv) must end with exit status 1 and one clear line on stderr (no traceback)."""
-    with pytest.raises(SystemExit) as e:
-        gan.main(argv)
-    assert e.value.code == 1
-    stderr = capsys.readouterr().err
-    err = stderr.strip().splitlines()[-1]  # earlier lines may be download progress
-    assert err.startswith("gan.py: error: ") and "Traceback" not in stderr and stderr.count("gan.py: error") == 1
-    return err
+    return expect_user_error(capsys, gan.main, "gan.py", argv)
 
 
 # ---------------------------------------------------------------- the concept, by hand

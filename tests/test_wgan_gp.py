@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import wgan_gp as w
-from helpers import FASHION_SYSTEM_DIR, snapshot, write_cifar_like, write_image_folder, write_mnist_like
+from helpers import expect_user_error, FASHION_SYSTEM_DIR, snapshot, write_cifar_like, write_image_folder, write_mnist_like
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,13 +25,7 @@ def run(tmp_path, *args, name="run"):
 
 
 def error_of(capsys, argv):
-    with pytest.raises(SystemExit) as e:
-        w.main(list(map(str, argv)))
-    assert e.value.code == 1
-    stderr = capsys.readouterr().err
-    err = stderr.strip().splitlines()[-1]
-    assert err.startswith("wgan_gp.py: error: ") and "Traceback" not in stderr
-    return err
+    return expect_user_error(capsys, w.main, "wgan_gp.py", argv)
 
 
 class Linear(nn.Module):
