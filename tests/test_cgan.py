@@ -1,0 +1,301 @@
+"""Tests for cgan.py: the three-case loss on hand-computed logits, mismatched labels, that y is really
+wired into G and D, the projection discriminator against its formula, conditional learning on a toy
+set, tiny runs of every option and data kind, resume equality, and bad inputs. The data loaders and
+file scaffolding are gan.py's (test_shared.py proves the copies identical; test_gan.py tests them)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cgan
+from helpers import expect_user_error, snapshot, write_cifar_like, write_image_folder, write_mnist_like
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(tmp_path, *args, name="run"):
+    out = tmp_path / name
+    cgan.main(["--out", str(out), "--device", "cpu", *map(str, args)])
+    return out
+
+
+def error_of(capsys, argv):
+    return expect_user_error(capsys, cgan.main, "cgan.py", argv)
+
+
+def config(*args):
+    return cgan.finish_config(cgan.build_parser().parse_args([str(a) for a in args]))
+
+
+# ---------------------------------------------------------------- the concept, by hand
+def test_three_case_loss_on_hand_computed_logits():
+    # logits ln 3 -> D = 3/4; 0 -> 1/2; -ln 3 -> 1/4
+    D_match = torch.tensor([math.log(3), 0.0])       # real, matching: want log D
+    D_mismatch = torch.tensor([0.0, -math.log(3)])   # real, wrong label: want log(1 - D)
+    D_fake = torch.tensor([math.log(3), math.log(3)])  # generated: want log(1 - D)
+    pos = -(math.log(0.75) + math.log(0.5)) / 2
+    mis = -(math.log(0.5) + math.log(0.75)) / 2
+    fake = -(math.log(0.25) + math.log(0.25)) / 2
+    for w in [0.0, 0.25, 0.5, 1.0]:
+        expected = pos + w * mis + (1 - w) * fake
+        got = cgan.conditional_discriminator_loss(D_match, D_mismatch, D_fake, w).item()
+        assert got == pytest.approx(expected, abs=1e-6), w
+    # w = 0 is the plain conditional GAN: the mismatched pairs are not even needed
+    assert cgan.conditional_discriminator_loss(D_match, None, D_fake, 0.0).item() == pytest.approx(pos + fake, abs=1e-6)
+    # G's non-saturating loss: -log D(G(z, y), y)
+    assert cgan.generator_loss(D_fake).item() == pytest.approx(-math.log(0.75), abs=1e-6)
+
+
+def test_mismatched_labels_never_equal_the_true_ones_and_cover_the_others():
+    y = torch.arange(10).repeat(2000)
+    y_wrong = cgan.mismatched_labels(y, 10, torch.Generator().manual_seed(0))
+    assert (y_wrong != y).all() and y_wrong.min() >= 0 and y_wrong.max() <= 9
+    # uniform over the 9 other classes: each (y, y') pair with y' != y about 2000/9 times
+    counts = torch.zeros(10, 10)
+    counts.index_put_((y, y_wrong), torch.ones(len(y)), accumulate=True)
+    off = counts[~torch.eye(10, dtype=torch.bool)]
+    assert off.min() > 150 and off.max() < 300 and counts.diag().sum() == 0
+    two = cgan.mismatched_labels(torch.tensor([0, 1, 0, 1]), 2)  # with 2 classes the wrong one is forced
+    assert two.tolist() == [1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("dataset,d_cond", [("8gaussians", "projection"), ("8gaussians", "concat"),
+                                            ("mnist", "projection"), ("mnist", "concat")])
+def test_the_label_is_wired_into_G_and_D(dataset, d_cond):
+    cfg = config("--dataset", dataset, "--d-cond", d_cond, "--width", 8, "--z-dim", 4)
+    torch.manual_seed(0)
+    G, D = cgan.build_models(cfg, 2 if dataset == "8gaussians" else 1, 10 if dataset == "mnist" else 8)
+    G.eval(), D.eval()
+    z = torch.randn(4, 4)
+    y0, y1 = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    with torch.no_grad():
+        x0, x1 = G(z, y0), G(z, y1)
+        assert not torch.allclose(x0, x1)                 # same z, another class: another sample
+        assert not torch.allclose(D(x0, y0), D(x0, y1))   # same x, another class: another score
+
+
+def test_projection_discriminator_equals_its_formula():
+    cfg = config("--dataset", "mnist", "--d-cond", "projection", "--width", 8)
+    torch.manual_seed(1)
+    _, D = cgan.build_models(cfg, 1, 10)
+    D.eval()
+    x, y = torch.randn(5, 1, 28, 28), torch.tensor([0, 3, 3, 9, 5])
+    with torch.no_grad():
+        phi = D.phi(x)                                    # phi(x): N x F features
+        psi = phi @ D.psi.weight.T + D.psi.bias           # psi(phi(x)): a linear map to one number
+        e = D.embed.weight[y]                             # e(y): row y of the embedding table
+        by_hand = psi[:, 0] + torch.einsum("nf,nf->n", e, phi)
+        assert torch.allclose(D(x, y)[:, 0], by_hand, atol=1e-5)
+    assert phi.shape == (5, 2 * 8 * 7 * 7)
+
+
+def test_labelled_toy_sampler_labels_are_the_modes():
+    x, y = cgan.sample_toy_labelled("25gaussians", 5000, torch.Generator().manual_seed(0))
+    centres, std = cgan.toy_centres("25gaussians")
+    assert torch.equal(torch.cdist(x, centres).argmin(1), y)  # every point lies at its own mode
+    assert ((x - centres[y]).norm(dim=1) < 5 * std).all() and torch.bincount(y, minlength=25).min() > 120
+    m = cgan.conditional_mode_metrics(x, y, "25gaussians")  # real data: 1 - exp(-9/2) = 98.9 % within 3 std
+    assert m["on_target"] == pytest.approx(1 - math.exp(-4.5), abs=0.01) and m["nearest_is_asked"] == 1.0
+    m = cgan.conditional_mode_metrics(x, (y + 1) % 25, "25gaussians")  # right points, wrong labels
+    assert m["on_target"] == 0 and m["modes"] == 25
+
+
+# ---------------------------------------------------------------- tiny runs of every option and data kind
+def check_run_folder(out, step, n, image_shape=None):
+    for f in ["config.json", "log.csv", "losses.png", f"samples_{step}.png", "samples.npz", "checkpoint.pt"]:
+        assert (out / f).is_file(), f
+    header = (out / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["step", "loss_D", "loss_G"] and {"D_match", "D_mismatch", "D_fake"} <= set(header)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["script"] == "cgan" and state["step"] == step
+    s = np.load(out / "samples.npz")
+    x, y = s["x"], s["y"]
+    assert len(x) == len(y) == n
+    _, counts = np.unique(y, return_counts=True)
+    assert counts.min() == counts.max()  # an equal number per class
+    if image_shape is None:
+        assert x.dtype == np.float32 and x.shape[1] == 2
+    else:
+        assert x.dtype == np.uint8 and x.shape[1:] == image_shape
+    return x, y
+
+
+@pytest.mark.parametrize("dataset,d_cond,w", [("8gaussians", "projection", 0.5), ("25gaussians", "concat", 0.0)])
+def test_tiny_toy_runs(tmp_path, dataset, d_cond, w):
+    out = run(tmp_path, "--dataset", dataset, "--d-cond", d_cond, "--mismatch-weight", w, "--steps", 6,
+              "--batch-size", 16, "--width", 16, "--log-every", 2, "--sample-every", 3, "--num-samples", 200)
+    x, y = check_run_folder(out, 6, 200 if dataset == "8gaussians" else 200)
+    assert sorted(set(y.tolist())) == list(range(8 if dataset == "8gaussians" else 25))
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"on_target", "nearest_is_asked", "modes", "high_quality"} <= set(m)
+
+
+@pytest.mark.parametrize("d_cond", ["projection", "concat"])
+def test_mnist_fixture_run_with_d_steps(tmp_path, d_cond):
+    write_mnist_like(tmp_path / "data" / "mnist", n=40)
+    out = run(tmp_path, "--dataset", "mnist", "--data-dir", tmp_path / "data", "--d-cond", d_cond, "--steps", 3,
+              "--d-steps", 2, "--batch-size", 8, "--width", 8, "--z-dim", 8, "--num-samples", 20, "--log-every", 1)
+    x, y = check_run_folder(out, 3, 20, (28, 28, 1))
+    assert y.tolist() == sorted(y.tolist()) and set(y.tolist()) == set(range(10))
+
+
+def test_labels_flag_chooses_the_rows_and_exported_classes(tmp_path):
+    write_mnist_like(tmp_path / "data" / "fashion-mnist", n=40)
+    out = run(tmp_path, "--dataset", "fashion-mnist", "--data-dir", tmp_path / "data", "--labels", "3,7",
+              "--steps", 2, "--batch-size", 8, "--width", 8, "--z-dim", 8, "--num-samples", 10)
+    _, y = check_run_folder(out, 2, 10, (28, 28, 1))
+    assert y.tolist() == [3] * 5 + [7] * 5
+
+
+def test_class_grid_rows_share_the_noise(tmp_path):
+    """Column j of the grid uses the same z for every class: generate() with the same seed must give, for
+    each class, G(z_j, k) with one shared z."""
+    cfg = config("--dataset", "mnist", "--width", 8, "--z-dim", 4)
+    torch.manual_seed(0)
+    G, _ = cgan.build_models(cfg, 1, 10)
+    x, y = cgan.generate(G, cfg, [2, 5], 3, "cpu", seed=11)
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(11))
+    G.eval()
+    with torch.no_grad():
+        assert torch.allclose(x[3:], G(z, torch.full((3,), 5)), atol=1e-6)
+    assert y.tolist() == [2, 2, 2, 5, 5, 5]
+
+
+def test_cifar10_fixture_run(tmp_path, monkeypatch):
+    _, _, digest = write_cifar_like(tmp_path / "data" / "cifar10" / "cifar-10-python.tar.gz")
+    monkeypatch.setitem(cgan.DATASETS["cifar10"]["files"], "cifar-10-python.tar.gz", digest)
+    out = run(tmp_path, "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--steps", 2, "--batch-size", 4,
+              "--width", 8, "--z-dim", 8, "--num-samples", 10)
+    check_run_folder(out, 2, 10, (32, 32, 3))
+
+
+def test_image_folder_subfolders_are_classes(tmp_path):
+    write_image_folder(tmp_path / "pics", classes=("cats", "dogs", "owls"))
+    cfg = config("--dataset", tmp_path / "pics")
+    assert cfg.classes == ["cats", "dogs", "owls"] and cfg.image_size == 64
+    out = run(tmp_path, "--dataset", tmp_path / "pics", "--image-size", 32, "--steps", 2, "--batch-size", 4,
+              "--width", 8, "--z-dim", 8, "--num-samples", 6)
+    _, y = check_run_folder(out, 2, 6, (32, 32, 3))
+    assert y.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("dataset", ["8gaussians", "mnist"])
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, dataset):
+    write_mnist_like(tmp_path / "data" / "mnist", n=40)
+    common = ["--dataset", dataset, "--data-dir", tmp_path / "data", "--batch-size", 8, "--width", 8, "--z-dim", 4,
+              "--sample-every", 5, "--log-every", 5, "--num-samples", 20 if dataset == "mnist" else 16, "--seed", 3,
+              "--lr-decay", "none"]  # a linear decay is laid out over --steps, which differs between the halves
+    straight = run(tmp_path, *common, "--steps", 20, name="straight")
+    run(tmp_path, *common, "--steps", 10, name="split")
+    split = run(tmp_path, *common, "--steps", 20, "--resume", name="split")
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    for net in ["G", "D", "opt_G", "opt_D"]:
+        for k, v in a[net].items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, b[net][k]), (net, k)
+    np.testing.assert_array_equal(np.load(straight / "samples.npz")["x"], np.load(split / "samples.npz")["x"])
+    assert [int(r.split(",")[0]) for r in (split / "log.csv").read_text().splitlines()[1:]] == [5, 10, 15, 20]
+
+
+# ---------------------------------------------------------------- learning
+def test_points_asked_for_mode_k_land_on_mode_k(tmp_path):
+    """A short seeded run of the default 8gaussians setup (600 of 3000 steps): nearly every point asked for
+    mode k lands nearest to mode k, and most within 3 std of it. An untrained G does neither."""
+    out = run(tmp_path, "--steps", 600, "--log-every", 300, "--sample-every", 600)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["nearest_is_asked"] > 0.98 and m["on_target"] > 0.8 and m["modes"] == 8, m
+    s = np.load(out / "samples.npz")
+    centres, _ = cgan.toy_centres("8gaussians")
+    nearest = torch.cdist(torch.from_numpy(s["x"]), centres).argmin(1).numpy()
+    assert all((nearest[s["y"] == k] == k).mean() > 0.95 for k in range(8))  # for every k, not on average
+    G, _ = cgan.build_models(config(), 2, 8)
+    with torch.no_grad():
+        y = torch.arange(8).repeat(100)
+        assert cgan.conditional_mode_metrics(G(torch.randn(800, 2), y), y, "8gaussians")["nearest_is_asked"] < 0.5
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_label_out_of_range(capsys, tmp_path):
+    err = error_of(capsys, ["--labels", "3,8", "--out", str(tmp_path / "r")])
+    assert "class 8 is out of range" in err and "0..7" in err
+    assert "comma-separated" in error_of(capsys, ["--labels", "three", "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()
+
+
+def test_folder_whose_classes_differ_from_the_checkpoint(capsys, tmp_path):
+    write_image_folder(tmp_path / "pics", sizes=((32, 32), (40, 36)), classes=("cats", "dogs"))
+    common = ["--dataset", tmp_path / "pics", "--image-size", 32, "--batch-size", 4, "--width", 8, "--z-dim", 8,
+              "--num-samples", 4]
+    out = run(tmp_path, *common, "--steps", 2)
+    (tmp_path / "pics" / "dogs").rename(tmp_path / "pics" / "owls")
+    before = snapshot(out)
+    err = error_of(capsys, ["--out", str(out), *map(str, common), "--steps", "4", "--resume"])
+    assert "another configuration" in err and "'dogs'" in err and "'owls'" in err
+    assert snapshot(out) == before
+
+
+def test_other_bad_inputs(capsys, tmp_path):
+    r = str(tmp_path / "r")
+    assert "no classes" in error_of(capsys, ["--dataset", "swissroll", "--out", r])
+    assert "unknown dataset" in error_of(capsys, ["--dataset", "nope", "--out", r])
+    assert "[0, 1]" in error_of(capsys, ["--mismatch-weight", "1.5", "--out", r])
+    assert "positive integer" in error_of(capsys, ["--emb-dim", "0", "--out", r])
+    write_image_folder(tmp_path / "one", sizes=((32, 32),), classes=("cats",))
+    assert "at least two" in error_of(capsys, ["--dataset", str(tmp_path / "one"), "--out", r])
+    (tmp_path / "empty").mkdir()
+    assert "at least two" in error_of(capsys, ["--dataset", str(tmp_path / "empty"), "--out", r])
+    assert "not supported" in error_of(capsys, ["--dataset", "mnist", "--image-size", "48", "--out", r])
+    out = run(tmp_path, "--steps", 2, "--batch-size", 8, "--width", 8, "--num-samples", 8)
+    before = snapshot(out)
+    assert "--resume" in error_of(capsys, ["--out", str(out), "--steps", "2"]) and snapshot(out) == before
+    assert "--d-cond projection vs concat" in error_of(capsys, ["--out", str(out), "--resume", "--steps", "4",
+                                                                "--width", "8", "--d-cond", "concat"])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_path, monkeypatch):
+    real, calls = cgan.conditional_discriminator_loss, []
+
+    def poisoned(*a):
+        calls.append(1)
+        return real(*a) * (float("nan") if len(calls) >= 5 else 1.0)
+    monkeypatch.setattr(cgan, "conditional_discriminator_loss", poisoned)
+    out = tmp_path / "nan"
+    err = error_of(capsys, ["--out", str(out), "--steps", "10", "--sample-every", "2", "--batch-size", "8", "--width", "8"])
+    assert "NaN" in err and "lower --lr" in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
+# ---------------------------------------------------------------- the command line as a user meets it
+def test_help_reads_like_a_manual_and_import_is_quiet(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "cgan.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for flag in ["--dataset", "--data-dir", "--out", "--steps", "--batch-size", "--lr", "--image-size", "--seed",
+                 "--device", "--log-every", "--sample-every", "--resume", "--num-samples", "--d-cond",
+                 "--mismatch-weight", "--labels", "Examples"]:
+        assert flag in r.stdout
+    r = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import cgan"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == r.stderr == "" and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- real data (slow)
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_short_run_separates_the_classes(tmp_path):
+    """300 steps on the real data: trousers (class 1) and bags (8) already differ - a row's mean image
+    is closer to its own class's mean image than to the other's."""
+    out = run(tmp_path, "--dataset", "fashion-mnist", "--data-dir", tmp_path / "empty", "--steps", 300,
+              "--log-every", 100, "--sample-every", 300, "--num-samples", 200, "--labels", "1,8")
+    s = np.load(out / "samples.npz")
+    x_real, y_real = cgan.load_images("fashion-mnist", tmp_path / "empty", 28, split="test")
+    mean = {k: ((x_real[y_real == k] + 1) * 127.5).mean(0)[0].numpy() for k in (1, 8)}
+    for k, other in [(1, 8), (8, 1)]:
+        g = s["x"][s["y"] == k][..., 0].astype(np.float64).mean(0)
+        assert np.abs(g - mean[k]).mean() < np.abs(g - mean[other]).mean()
