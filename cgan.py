@@ -482,9 +482,10 @@ def train(cfg, device):
         i = torch.randint(len(x_data), (m,))  # drawn with replacement, no epochs
         return x_data[i].to(device), y_data[i].to(device)
 
+    parts = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}  # what a checkpoint holds
     start, elapsed = 0, 0.0
     if cfg.resume:
-        start, elapsed = load_checkpoint(out / "checkpoint.pt", cfg, G, D, opt_G, opt_D)
+        start, elapsed = load_checkpoint(out / "checkpoint.pt", cfg, parts)
         print(f"resumed from {out / 'checkpoint.pt'} at step {start}")
     start_log(out / "log.csv", start)
     write_atomic(out / "config.json", lambda f: f.write(json.dumps(vars(cfg), indent=1)), mode="w")
@@ -538,7 +539,7 @@ def train(cfg, device):
                   + f"  {rate:.1f} steps/s  left {fmt_time((cfg.steps - step) / max(rate, 1e-9))}", flush=True)
         if step % cfg.sample_every == 0 or step == cfg.steps:
             save_samples_figure(out / f"samples_{step}.png", cfg, G, D, z_fixed, device)
-            save_checkpoint(out / "checkpoint.pt", cfg, G, D, opt_G, opt_D, step, time.time() - t0)
+            save_checkpoint(out / "checkpoint.pt", cfg, parts, step, time.time() - t0)
     plot_losses(out / "log.csv", out / "losses.png")
     return G, D
 
@@ -704,15 +705,16 @@ def append_log(path, row):
 ARCH_KEYS = ("dataset", "image_size", "z_dim", "emb_dim", "width", "d_cond", "classes")  # must match to resume
 
 
-def save_checkpoint(path, cfg, G, D, opt_G, opt_D, step, elapsed):
+def save_checkpoint(path, cfg, parts, step, elapsed):
+    """parts: name -> model or optimizer; each one's state_dict is saved under its name."""
     state = {"script": SCRIPT, "config": vars(cfg), "step": step, "elapsed": elapsed,
-             "G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+             **{name: part.state_dict() for name, part in parts.items()},
              "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     write_atomic(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path, cfg, G, D, opt_G, opt_D):
+def load_checkpoint(path, cfg, parts):
     if not path.exists():
         raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start")
     try:
@@ -725,8 +727,10 @@ def load_checkpoint(path, cfg, G, D, opt_G, opt_D):
     if diff:
         raise UserError(f"{path} was trained with another configuration (" + ", ".join(
             f"--{k.replace('_', '-')} {state['config'].get(k)} vs {getattr(cfg, k)}" for k in diff) + ")")
-    G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
-    opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
+    if any(name not in state for name in parts):
+        raise UserError(f"{path} lacks parts this run needs ({', '.join(n for n in parts if n not in state)})")
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])

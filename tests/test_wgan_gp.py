@@ -218,8 +218,8 @@ def test_resume_gives_the_same_numbers(tmp_path, lipschitz):
     # shorter run would not be the same run), then resume it.
     real_save = w.save_checkpoint
 
-    def save_then_crash(path, cfg, G, D, opt_G, opt_D, step, elapsed):
-        real_save(path, cfg, G, D, opt_G, opt_D, step, elapsed)
+    def save_then_crash(path, cfg, parts, step, elapsed):
+        real_save(path, cfg, parts, step, elapsed)
         if step == 3:
             raise KeyboardInterrupt
     w.save_checkpoint = save_then_crash
