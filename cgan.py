@@ -116,12 +116,12 @@ def finish_config(cfg):
                         f"{', '.join(IMAGE_SETS)}, or give the path of a folder with one sub-folder per class")
     name = cfg.dataset if (toy or cfg.dataset in IMAGE_SETS) else Path(cfg.dataset).resolve().name
     cfg.out = cfg.out or f"runs/{SCRIPT}-{name}"
-    cfg.steps = cfg.steps or (3000 if toy else 4000)
-    cfg.batch_size = cfg.batch_size or (256 if toy else 64)
-    cfg.lr_decay = cfg.lr_decay or ("linear" if toy else "none")
-    cfg.z_dim = cfg.z_dim or (2 if toy else 100)
-    cfg.width = cfg.width or (256 if toy else 64)
-    cfg.num_samples = cfg.num_samples or (2400 if toy else 1000)
+    cfg.steps = cfg.steps if cfg.steps is not None else (3000 if toy else 4000)
+    cfg.batch_size = cfg.batch_size if cfg.batch_size is not None else (256 if toy else 64)
+    cfg.lr_decay = cfg.lr_decay if cfg.lr_decay is not None else ("linear" if toy else "none")
+    cfg.z_dim = cfg.z_dim if cfg.z_dim is not None else (2 if toy else 100)
+    cfg.width = cfg.width if cfg.width is not None else (256 if toy else 64)
+    cfg.num_samples = cfg.num_samples if cfg.num_samples is not None else (2400 if toy else 1000)
     if cfg.image_size is None and not toy:
         cfg.image_size = {"mnist": 28, "fashion-mnist": 28, "cifar10": 32}.get(cfg.dataset, 64)
     if not toy and cfg.image_size not in (28, 32, 64):

@@ -116,14 +116,14 @@ def finish_config(cfg):
     name = cfg.dataset if (toy or cfg.dataset in IMAGE_SETS) else Path(cfg.dataset).resolve().name
     suffix = "" if cfg.lipschitz == "gp" else f"-{cfg.lipschitz}"
     cfg.out = cfg.out or (f"runs/{SCRIPT}-{cfg.experiment}" if cfg.experiment != "train" else f"runs/{SCRIPT}-{name}{suffix}")
-    cfg.steps = cfg.steps or (6000 if toy else 1500)
-    cfg.batch_size = cfg.batch_size or (256 if toy else 64)
-    cfg.lr = cfg.lr or (5e-5 if cfg.lipschitz == "clip" else 5e-4 if toy else 1e-4)
-    cfg.lr_decay = cfg.lr_decay or ("linear" if toy else "none")
-    cfg.z_dim = cfg.z_dim or (2 if toy else 100)
-    cfg.width = cfg.width or (256 if toy else 32)
-    cfg.num_samples = cfg.num_samples or (2500 if toy else 1000)
-    cfg.exp_steps = cfg.exp_steps or (1000 if cfg.experiment == "w-vs-js" else 2000)
+    cfg.steps = cfg.steps if cfg.steps is not None else (6000 if toy else 1500)
+    cfg.batch_size = cfg.batch_size if cfg.batch_size is not None else (256 if toy else 64)
+    cfg.lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lipschitz == "clip" else 5e-4 if toy else 1e-4)
+    cfg.lr_decay = cfg.lr_decay if cfg.lr_decay is not None else ("linear" if toy else "none")
+    cfg.z_dim = cfg.z_dim if cfg.z_dim is not None else (2 if toy else 100)
+    cfg.width = cfg.width if cfg.width is not None else (256 if toy else 32)
+    cfg.num_samples = cfg.num_samples if cfg.num_samples is not None else (2500 if toy else 1000)
+    cfg.exp_steps = cfg.exp_steps if cfg.exp_steps is not None else (1000 if cfg.experiment == "w-vs-js" else 2000)
     cfg.lambda_gp = cfg.lambda_gp if cfg.lambda_gp is not None else (
         100.0 if cfg.experiment == "w-vs-js" else 0.1 if toy else 10.0)
     if cfg.image_size is None and not toy:

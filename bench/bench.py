@@ -45,8 +45,9 @@ class NotRun(Exception):
     pass
 
 
-def run_script(script, name, args, reuse):
-    """Run `python script --out runs/bench/name args`; with reuse, a finished run with the same flags is read."""
+def run_script(script, name, args, reuse, checkpoint_from=None):
+    """Run `python script --out runs/bench/name args`; with reuse, a finished run with the same flags is read.
+    checkpoint_from: a run folder whose checkpoint.pt is copied in first (for a --resume run that only samples)."""
     out = RUNS / name
     argv = [*map(str, args), "--out", str(out)]
     stamp = out / "bench_argv.json"
@@ -57,6 +58,9 @@ def run_script(script, name, args, reuse):
         raise NotRun(name)
     if out.exists():
         shutil.rmtree(out)
+    if checkpoint_from is not None:
+        out.mkdir(parents=True)
+        shutil.copy(checkpoint_from / "checkpoint.pt", out / "checkpoint.pt")
     print(f"[bench] python {script} {' '.join(argv)}", flush=True)
     t0 = time.time()
     subprocess.run([sys.executable, str(ROOT / script), *argv], check=True, cwd=ROOT)
@@ -271,9 +275,114 @@ def bench_fid_scores(reuse):
     return rows
 
 
+def fid_scores(samples):
+    """fid.py's classifier-feature scores of a samples.npz against real Fashion-MNIST (train)."""
+    clf = RUNS / "fid-classifier" / "fashion-mnist.pt"
+    if not clf.exists():
+        bench_fid_scores(reuse=True)  # trains the classifier once
+    return json.loads(subprocess.run([sys.executable, str(ROOT / "fid.py"), str(samples), "fashion-mnist", "--classifier",
+                                      str(clf), "--json", "--num-real", "10000"], check=True, cwd=ROOT,
+                                     capture_output=True, text=True).stdout)
+
+
+# ---------------------------------------------------------------------------------- cgan.py
+def bench_cgan_toy(reuse):
+    rows = []
+    for dataset in ["8gaussians", "25gaussians"]:
+        for w in [0.5, 0.0]:
+            args = ["--dataset", dataset, "--mismatch-weight", w, "--log-every", 500] + (["--steps", 300] if QUICK else [])
+            out, seconds = run_script("cgan.py", f"cgan-{dataset}-w{w}", args, reuse)
+            m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
+            if w == 0.5 and not QUICK:
+                publish(out / f"samples_{int(last['step'])}.png", f"cgan_{dataset}.png")
+            rows.append({"dataset": dataset, "mismatch weight": w, "steps": int(last["step"]),
+                         "on asked mode (3 std) %": round(100 * m["on_target"], 1),
+                         "worst class %": round(100 * m["worst_class_on_target"], 1),
+                         "nearest mode = asked %": round(100 * m["nearest_is_asked"], 1),
+                         "modes": f"{m['modes']}/{m['of']}", "steps_per_s": round(last["step"] / last["seconds"], 1),
+                         "wall_s": round(seconds)})
+    return rows
+
+
+def bench_cgan_images(reuse):
+    """Fashion-MNIST for both discriminators, with and without the mismatch term; fid.py's classifier
+    says which class each sample looks like (conditional accuracy)."""
+    rows = []
+    for d_cond, w in [("projection", 0.5), ("projection", 0.0), ("concat", 0.5), ("concat", 0.0)]:
+        args = ["--dataset", "fashion-mnist", "--d-cond", d_cond, "--mismatch-weight", w, "--log-every", 200] + \
+               (["--steps", 30] if QUICK else [])
+        out, seconds = run_script("cgan.py", f"cgan-fashion-mnist-{d_cond}-w{w}", args, reuse)
+        last = last_log_row(out)
+        if (d_cond, w) == ("projection", 0.5) and not QUICK:
+            publish(out / f"samples_{int(last['step'])}.png", "cgan_fashion_mnist.png")
+        r = fid_scores(out / "samples.npz")
+        cov = r["coverage"]
+        rows.append({"D": d_cond, "mismatch weight": w, "steps": int(last["step"]),
+                     "conditional accuracy %": round(100 * cov["conditional_accuracy"], 1),
+                     "FD (classifier)": round(r["FD (classifier features)"], 2), "score": round(r["classifier score"][0], 2),
+                     "missing classes": cov["missing_classes"] or "none",
+                     "steps_per_s": round(last["step"] / last["seconds"], 2), "wall_s": round(seconds)})
+    return rows
+
+
+# ---------------------------------------------------------------------------------- ddpm.py
+def bench_ddpm_toy(reuse):
+    rows = []
+    for dataset in ["25gaussians", "8gaussians"]:
+        args = ["--dataset", dataset] + (["--steps", 500] if QUICK else [])
+        out, seconds = run_script("ddpm.py", f"ddpm-{dataset}", args, reuse)
+        m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
+        if not QUICK:
+            publish(out / f"samples_{int(last['step'])}.png", f"ddpm_{dataset}.png")
+            if dataset == "25gaussians":
+                for fig in ["forward_process", "reverse_process", "samplers"]:
+                    publish(out / f"{fig}.png", f"ddpm_{dataset}_{fig}.png")
+        rows.append({"dataset": dataset, "steps": int(last["step"]), "modes": f"{m['modes']}/{m['of']}",
+                     "high_quality_%": round(100 * m["high_quality"], 1), "train_s": round(last["seconds"]),
+                     "steps_per_s": round(last["step"] / last["seconds"], 1),
+                     "samples": m["samples"], "sampler": f"{m['sampler']} ({m['sample_steps']} steps)",
+                     "sampling_s": round(m["sampling_seconds"], 1),
+                     "wall_s": round(seconds)})
+    return rows
+
+
+def bench_ddpm_images(reuse):
+    import numpy as np
+    """Fashion-MNIST: train once, export 1,000 samples with DDPM (1000 steps), then sample the same
+    checkpoint again with DDIM-50; fid.py scores both."""
+    # DDPM-1000 on a CPU draws about 2 images per second, so it exports 200; DDIM-50 exports 1,000 from the same
+    # noise (its first 200 are scored too, for a comparison at equal N).
+    args = ["--dataset", "fashion-mnist", "--log-every", 200] + (["--steps", 20, "--timesteps", 100] if QUICK else [])
+    out, seconds = run_script("ddpm.py", "ddpm-fashion-mnist", args + ["--num-samples", 20 if QUICK else 200], reuse)
+    last = last_log_row(out)
+    ddim, ddim_seconds = run_script("ddpm.py", "ddpm-fashion-mnist-ddim50", args + ["--resume", "--sampler", "ddim", "--sample-steps",
+                                    10 if QUICK else 50, "--num-samples", 100 if QUICK else 1000], reuse, checkpoint_from=out)
+    s = np.load(ddim / "samples.npz")
+    first = ddim / "samples_first200.npz"
+    np.savez(first, x=s["x"][:len(np.load(out / "samples.npz")["x"])])
+    if not QUICK:
+        for fig in ["forward_process", "reverse_process", "samplers"]:
+            publish(out / f"{fig}.png", f"ddpm_fashion_mnist_{fig}.png")
+        publish(out / f"samples_{int(last['step'])}.png", "ddpm_fashion_mnist.png")
+    rows = []
+    for folder, label, npz in [(out, "DDPM, ancestral", out / "samples.npz"), (ddim, "DDIM, eta 0 (same noise, same N)", first),
+                               (ddim, "DDIM, eta 0 (1,000 samples)", ddim / "samples.npz")]:
+        m, r = json.loads((folder / "metrics.json").read_text()), fid_scores(npz)
+        cov = r["coverage"]
+        rows.append({"sampler": label, "steps": m["sample_steps"], "N": len(np.load(npz)["x"]), "train steps": int(last["step"]),
+                     "train_s": round(last["seconds"]), "train steps/s": round(last["step"] / last["seconds"], 2),
+                     "sampling s (for N)": round(m["sampling_seconds"] * len(np.load(npz)["x"]) / m["samples"], 1),
+                     "FD (classifier)": round(r["FD (classifier features)"], 2), "score": round(r["classifier score"][0], 2),
+                     "class entropy": f"{cov['class_entropy']:.3f}/{cov['max_entropy']:.3f}",
+                     "missing classes": cov["missing_classes"] or "none"})
+    return rows
+
+
 SECTIONS = {"gan-toy": bench_gan_toy, "gan-js": bench_gan_js, "gan-images": bench_gan_images,
             "wgan-toy": bench_wgan_toy, "wgan-experiments": bench_wgan_experiments, "wgan-images": bench_wgan_images,
-            "fid-frechet": bench_fid_frechet, "fid-throughput": bench_fid_throughput, "fid-scores": bench_fid_scores}
+            "fid-frechet": bench_fid_frechet, "fid-throughput": bench_fid_throughput, "fid-scores": bench_fid_scores,
+            "cgan-toy": bench_cgan_toy, "cgan-images": bench_cgan_images, "ddpm-toy": bench_ddpm_toy,
+            "ddpm-images": bench_ddpm_images}
 
 
 def to_markdown(title, rows):
