@@ -14,9 +14,12 @@ demo:
 	@[ ! -f gan.py ] || { echo "== $(PYTHON) gan.py --experiment js"; $(PYTHON) gan.py --experiment js; }
 	@[ ! -f wgan_gp.py ] || { echo "== $(PYTHON) wgan_gp.py --dataset 8gaussians --steps 1500"; \
 	  $(PYTHON) wgan_gp.py --dataset 8gaussians --steps 1500 --overwrite; }
+	@[ ! -f cgan.py ] || { echo "== $(PYTHON) cgan.py"; $(PYTHON) cgan.py --overwrite; }
+	@[ ! -f ddpm.py ] || { echo "== $(PYTHON) ddpm.py --dataset 8gaussians --steps 4000"; \
+	  $(PYTHON) ddpm.py --dataset 8gaussians --steps 4000 --overwrite; }
 	@[ ! -f fid.py ] || [ ! -f runs/gan-8gaussians/samples.npz ] || { echo "== $(PYTHON) fid.py runs/gan-8gaussians/samples.npz 8gaussians"; \
 	  $(PYTHON) fid.py runs/gan-8gaussians/samples.npz 8gaussians; }
-	@echo; echo "Figures (samples_*.png, losses.png, js.png) are in:"; ls -d runs/*/
+	@echo; echo "Figures (samples_*.png, losses.png, js.png, forward/reverse_process.png, ...) are in:"; ls -d runs/*/
 
 test:
 	@$(PYTHON) -c "import torch, numpy, matplotlib, pytest" 2>/dev/null || $(PYTHON) -m pip install -r tests/requirements.txt

@@ -575,8 +575,8 @@ def guided_eps(model, x_t, t, y, w, n_classes):
     """Classifier-free guidance (Ho & Salimans 2022), in the convention
         eps_tilde = (1 + w) eps_theta(x_t, t, y) - w eps_theta(x_t, t, no label),
     so w = 0 is exactly the conditional model, and w > 0 pushes samples towards what makes y likely."""
-    if y is None:
-        return model(x_t, t)
+    if y is None:  # unconditional: a conditional model is given its 'no label' token
+        return model(x_t, t) if n_classes == 0 else model(x_t, t, torch.full_like(t, n_classes))
     if w == 0:
         return model(x_t, t, y)
     eps_cond, eps_uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]),
@@ -887,7 +887,7 @@ def draw_toy(ax, cfg, d, ema, x_gen, device, t_field=20):
     grid = torch.stack([xx.flatten(), yy.flatten()], 1).to(device)
     t = torch.full((len(grid),), min(t_field, d.T), device=device, dtype=torch.long)
     with torch.no_grad():
-        field = -ema(grid, t).float().cpu() if not model_classes(ema) else -ema(grid, t, torch.full_like(t, model_classes(ema))).float().cpu()
+        field = -guided_eps(ema, grid, t, None, 0.0, model_classes(ema)).float().cpu()
     ax.quiver(*grid.cpu().numpy().T, *field.numpy().T, color="tab:blue", alpha=0.6, width=0.003,
               label=f"-eps_theta(x, t={min(t_field, d.T)})")
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")

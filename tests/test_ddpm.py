@@ -261,6 +261,7 @@ def test_guidance_zero_is_the_conditional_prediction_and_w_follows_the_formula()
         assert torch.allclose(ddpm.guided_eps(model, x, t, y, 0.0, 3), cond)
         assert torch.allclose(ddpm.guided_eps(model, x, t, y, 2.0, 3), 3 * cond - 2 * uncond, atol=1e-6)
         assert not torch.allclose(cond, uncond)  # the label is wired in
+        assert torch.allclose(ddpm.guided_eps(model, x, t, None, 2.0, 3), uncond)  # no label: the null token
 
 
 def test_ema_arithmetic_warm_up_and_buffers():

@@ -1,0 +1,293 @@
+"""Tests for cyclegan.py: the losses on hand-computed values, the history pool, the PatchGAN's 70x70
+receptive field (from the layer stack and from the gradient's support), the generator's shapes, the
+learning-rate schedule, the built-in pairs, tiny runs of every data kind and option, resume equality,
+the photo-set download against a local HTTP server, bad inputs, and learning on the toy pair."""
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cyclegan as cg
+from helpers import expect_user_error, http_server, snapshot, write_mnist_like
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--width", 4, "--res-blocks", 1, "--batch-size", 4, "--log-every", 2, "--sample-every", 3,
+        "--eval-classifier-steps", 5]
+
+
+def run(tmp_path, *args, name="run"):
+    out = tmp_path / name
+    cg.main(["--out", str(out), "--device", "cpu", *map(str, args)])
+    return out
+
+
+def error_of(capsys, argv):
+    return expect_user_error(capsys, cg.main, "cyclegan.py", argv)
+
+
+def mnist_fixture(tmp_path, n=40):
+    write_mnist_like(tmp_path / "data" / "mnist", n=n)
+    write_mnist_like(tmp_path / "data" / "mnist", n=20, seed=1, split="test")
+    return tmp_path / "data"
+
+
+def write_translation_folder(root, sizes_a=((30, 28), (40, 40)), sizes_b=((28, 28), (64, 50)), test=True, names_b=None):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for sub, sizes in [("trainA", sizes_a), ("trainB", sizes_b)] + ([("testA", sizes_a), ("testB", sizes_b)] if test else []):
+        for i, (w, h) in enumerate(sizes):
+            name = (names_b[i] if names_b and sub.endswith("B") else f"img{i}.png")
+            p = Path(root) / sub / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+
+
+# ---------------------------------------------------------------- the losses, by hand
+def test_cycle_and_identity_losses():
+    x = torch.randn(4, 3, 8, 8)
+    identity = torch.nn.Identity()
+    assert cg.cycle_loss(x, identity(identity(x))).item() == 0  # identity G and F on identical domains
+    assert cg.identity_loss(x, identity(x)).item() == 0
+    y = x + torch.tensor([0.5, -1.0, 0.25]).view(1, 3, 1, 1)   # |diff| = 0.5, 1, 0.25 per channel
+    assert cg.cycle_loss(x, y).item() == pytest.approx((0.5 + 1 + 0.25) / 3)
+    assert cg.identity_loss(x, y).item() == pytest.approx((0.5 + 1 + 0.25) / 3)
+
+
+def test_least_squares_and_log_losses_on_hand_computed_outputs():
+    D_real, D_fake = torch.tensor([1.0, 0.5]), torch.tensor([0.0, 0.5])
+    # 1/2 mean((D_real - 1)^2) + 1/2 mean(D_fake^2) = 1/2 (0 + 0.25)/2 + 1/2 (0 + 0.25)/2
+    assert cg.lsgan_d_loss(D_real, D_fake).item() == pytest.approx(0.125)
+    assert cg.lsgan_g_loss(D_fake).item() == pytest.approx((1 + 0.25) / 2)
+    assert cg.lsgan_d_loss(torch.ones(3), torch.zeros(3)).item() == 0  # a perfect discriminator
+    l = torch.tensor([0.0])  # logit 0: D = 1/2 for both -> log 2 + log 2
+    assert cg.bce_d_loss(l, l).item() == pytest.approx(2 * np.log(2))
+
+
+# ---------------------------------------------------------------- the pool, the schedule
+def test_pool_returns_fresh_images_until_full_then_swaps_half_the_time():
+    pool = cg.ImagePool(5)
+    first = torch.arange(5.0).view(5, 1)
+    assert torch.equal(pool.query(first), first) and len(pool.images) == 5
+    torch.manual_seed(0)
+    new = torch.arange(100.0, 1100.0).view(1000, 1)
+    got = pool.query(new)
+    returned_new = (got == new).float().mean().item()
+    assert 0.45 < returned_new < 0.55                 # half new, half a stored image
+    stored_back = got[got != new]
+    assert len(stored_back) > 0 and stored_back.min() >= 0  # old images come back...
+    assert len(pool.images) == 5                      # ...the pool keeps its size...
+    torch.manual_seed(0)
+    pool2 = cg.ImagePool(5)
+    pool2.query(first)
+    assert torch.equal(pool2.query(new), got)         # ...and the draw is reproducible under a seed
+    assert torch.equal(cg.ImagePool(0).query(new), new) and not cg.ImagePool(0).query(new.requires_grad_()).requires_grad
+    state = pool.state_dict()
+    restored = cg.ImagePool(5)
+    restored.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(restored.images, pool.images))
+
+
+def test_learning_rate_constant_then_linear_to_zero():
+    assert cg.lr_at(1, 1000, 2e-4) == 2e-4
+    assert cg.lr_at(500, 1000, 2e-4) == 2e-4                       # the middle: still the base rate
+    assert cg.lr_at(750, 1000, 2e-4) == pytest.approx(1e-4)        # half way down
+    assert cg.lr_at(1000, 1000, 2e-4) == 0.0                       # the end: zero
+
+
+# ---------------------------------------------------------------- the networks
+def test_patchgan_receptive_field_is_70():
+    D = cg.patchgan(3, 8)
+    assert cg.receptive_field(D) == 70
+    # independently: the input pixels that influence one output pixel (the gradient's support). Instance
+    # norm's statistics span the whole image, so it is taken out for this check: the convolutions alone
+    # define the patch.
+    D = torch.nn.Sequential(*[torch.nn.Identity() if isinstance(m, torch.nn.InstanceNorm2d) else m for m in D])
+    x = torch.randn(1, 3, 256, 256, requires_grad=True)
+    out = D(x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    support = x.grad.abs().sum((0, 1)) > 0
+    rows, cols = support.any(1).nonzero(), support.any(0).nonzero()
+    assert rows.max() - rows.min() + 1 == 70 and cols.max() - cols.min() + 1 == 70
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (100, 1), (256, 3)])
+def test_generator_keeps_the_size(size, channels):
+    G = cg.resnet_generator(channels, channels, 4, 9 if size >= 256 else 6)
+    stem = G[0]
+    assert isinstance(stem, torch.nn.ReflectionPad2d) and stem.padding == (3, 3, 3, 3)  # not the channel count
+    with torch.no_grad():
+        assert G(torch.randn(1, channels, size, size)).shape == (1, channels, size, size)
+    assert sum(isinstance(m, cg.ResidualBlock) for m in G) == (9 if size >= 256 else 6)
+    assert cg.finish_config(cg.build_parser().parse_args(["--dataset", "horse2zebra", "--image-size", "256"])).res_blocks == 9
+    assert cg.finish_config(cg.build_parser().parse_args(["--dataset", "horse2zebra"])).res_blocks == 6
+
+
+# ---------------------------------------------------------------- the built-in pairs
+def test_colour_transform_is_as_documented():
+    x = torch.tensor([-1.0, 1.0, 0.0]).view(3, 1, 1, 1)
+    rgb = (cg.pair_transform(x, "colour")[:, :, 0, 0] + 1) / 2
+    assert torch.allclose(rgb[0], cg.COLOUR_BG) and torch.allclose(rgb[1], cg.COLOUR_FG)  # black -> navy, white -> orange
+    assert torch.allclose(rgb[2], (cg.COLOUR_BG + cg.COLOUR_FG) / 2)
+    assert torch.equal(cg.pair_transform(x, "invert"), -x)
+
+
+def test_builtin_halves_are_disjoint_and_test_pairs_are_true_translations(tmp_path):
+    data = mnist_fixture(tmp_path, n=40)
+    A, B, y_A, y_B = cg.builtin_pair("mnist:colour", data, 28, "train")
+    assert A.shape == (20, 3, 28, 28) and B.shape == (20, 3, 28, 28)
+    assert torch.equal(A[:, 0], A[:, 1])                      # A: grey, replicated to 3 channels
+    m = ((B[:, 0] + 1) / 2 - cg.COLOUR_BG[0]) / (cg.COLOUR_FG[0] - cg.COLOUR_BG[0])  # invert T on the red channel
+    x_B = (m * 2 - 1)
+    x_all, _ = cg.load_images("mnist", data, 28)
+    src = lambda x: {int(torch.cdist(xi.flatten()[None], x_all.flatten(1)).argmin()) for xi in x}
+    src_A, src_B = src(A[:, 0]), src(x_B)
+    assert len(src_A) == len(src_B) == 20 and not (src_A & src_B)   # every image used once, the halves disjoint
+    At, Bt, yt, _ = cg.builtin_pair("mnist:colour", data, 28, "test")
+    assert len(At) == 20 and torch.allclose(Bt, cg.pair_transform(At[:, :1], "colour"))
+
+
+# ---------------------------------------------------------------- tiny runs
+def check_run(out, step, shape=None):
+    for f in ["config.json", "log.csv", "losses.png", f"samples_{step}.png", "samples.npz", "checkpoint.pt", "metrics.json"]:
+        assert (out / f).is_file(), f
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["script"] == "cyclegan" and state["step"] == step
+    x = np.load(out / "samples.npz")["x"]
+    if shape is None:
+        assert x.dtype == np.float32 and x.shape[1] == 2
+    else:
+        assert x.dtype == np.uint8 and x.shape[1:] == shape
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_tiny_toy_run(tmp_path):
+    out = run(tmp_path, "--steps", 4, "--width", 8, "--batch-size", 16, "--log-every", 2, "--sample-every", 3,
+              "--num-samples", 50, "--lambda-identity", 1)
+    m = check_run(out, 4)
+    assert "l1_to_truth" in m
+    header = (out / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"loss_G_gan", "loss_cycle", "loss_identity", "loss_D_A", "loss_D_B"} <= set(header)
+
+
+@pytest.mark.parametrize("pair,extra", [("mnist:colour", []), ("mnist:invert", ["--lambda-cycle", 0, "--lambda-identity", 0,
+                                                                                 "--pool-size", 0]),
+                                        ("mnist:colour", ["--paired"])])
+def test_builtin_pair_runs(tmp_path, pair, extra):
+    data = mnist_fixture(tmp_path)
+    out = run(tmp_path, "--dataset", pair, "--data-dir", data, "--steps", 3, *TINY, "--num-samples", 10, *extra)
+    m = check_run(out, 3, (28, 28, 3 if pair.endswith("colour") else 1))
+    assert {"l1_to_truth", "label_preservation", "classifier_accuracy_on_truth"} <= set(m) and m["evaluated"] == 10
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ({"G", "D"} <= set(state)) if "--paired" in extra else ({"G", "F", "D_A", "D_B", "pool_A", "pool_B"} <= set(state))
+
+
+def test_folder_with_mixed_sizes_and_paired_folder(tmp_path):
+    write_translation_folder(tmp_path / "pics")
+    out = run(tmp_path, "--dataset", tmp_path / "pics", "--image-size", 32, "--steps", 2, *TINY, name="unpaired")
+    check_run(out, 2, (32, 32, 3))
+    out = run(tmp_path, "--dataset", tmp_path / "pics", "--image-size", 32, "--steps", 2, *TINY, "--paired", name="paired")
+    assert "l1_to_target" in check_run(out, 2, (32, 32, 3))
+
+
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    data = mnist_fixture(tmp_path)
+    common = ["--dataset", "mnist:colour", "--data-dir", data, "--steps", 6, *TINY, "--pool-size", 3, "--num-samples", 5,
+              "--seed", 2]
+    straight = run(tmp_path, *common, name="straight")
+    real_save = cg.save_checkpoint
+
+    def save_then_crash(path, cfg, parts, step, elapsed):
+        real_save(path, cfg, parts, step, elapsed)
+        if step == 3:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(cg, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, *common, name="split")
+    monkeypatch.setattr(cg, "save_checkpoint", real_save)
+    split = run(tmp_path, *common, "--resume", name="split")
+    a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (straight, split))
+    for net in ["G", "F", "D_A", "D_B", "pool_A", "pool_B"]:
+        assert all(torch.equal(v, b[net][k]) for k, v in a[net].items()), net
+    np.testing.assert_array_equal(np.load(straight / "samples.npz")["x"], np.load(split / "samples.npz")["x"])
+
+
+# ---------------------------------------------------------------- download of a photo set
+def make_zip(name, with_layout=True):
+    from PIL import Image
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for sub in (["trainA", "trainB", "testA", "testB"] if with_layout else ["images"]):
+            img = io.BytesIO()
+            Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(img, format="PNG")
+            z.writestr(f"{name}/{sub}/0.png", img.getvalue())
+    return buf.getvalue()
+
+
+def test_photo_set_download_unpacks_the_layout(tmp_path, monkeypatch):
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "horse2zebra.zip").write_bytes(make_zip("horse2zebra"))
+    with http_server(tmp_path / "srv") as url:
+        monkeypatch.setattr(cg, "PHOTO_URL", url)
+        root = cg.fetch_photo_set("horse2zebra", tmp_path / "data")
+    assert root == tmp_path / "data" / "horse2zebra"
+    assert all((root / s / "0.png").is_file() for s in ["trainA", "trainB", "testA", "testB"])
+    assert not list((tmp_path / "data").glob(".*unpacking*"))
+    out = run(tmp_path, "--dataset", "horse2zebra", "--data-dir", tmp_path / "data", "--image-size", 28, "--steps", 1,
+              *TINY)  # the unpacked set is found without the network
+    check_run(out, 1, (28, 28, 3))
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "layout"])
+def test_corrupt_or_wrong_zip_is_refused_and_removed(tmp_path, monkeypatch, capsys, damage):
+    blob = make_zip("apple2orange", with_layout=damage != "layout")
+    if damage == "corrupt":
+        i = blob.index(b"\x89PNG") + 40
+        blob = blob[:i] + bytes(b ^ 0xFF for b in blob[i:i + 20]) + blob[i + 20:]  # a member fails its CRC
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "apple2orange.zip").write_bytes(blob)
+    with http_server(tmp_path / "srv") as url:
+        monkeypatch.setattr(cg, "PHOTO_URL", url)
+        err = error_of(capsys, ["--dataset", "apple2orange", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r")])
+    assert "not a usable CycleGAN archive" in err
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []  # nothing half-unpacked is left
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_bad_inputs(capsys, tmp_path):
+    r = str(tmp_path / "r")
+    assert "unknown dataset" in error_of(capsys, ["--dataset", "mnist:sepia", "--out", r])
+    assert "--paired needs paired data" in error_of(capsys, ["--paired", "--out", r])
+    assert "multiple of 4" in error_of(capsys, ["--dataset", "mnist:colour", "--image-size", "30", "--out", r])
+    (tmp_path / "half" / "trainA").mkdir(parents=True)
+    assert "no trainB/" in error_of(capsys, ["--dataset", str(tmp_path / "half"), "--out", r])
+    write_translation_folder(tmp_path / "mismatch", names_b=["x.png", "y.png"])
+    assert "same file names" in error_of(capsys, ["--dataset", str(tmp_path / "mismatch"), "--paired", "--out", r])
+    assert not Path(r).exists()
+    out = run(tmp_path, "--steps", 2, "--width", 8, "--batch-size", 8, "--num-samples", 10)
+    before = snapshot(out)
+    assert "--resume" in error_of(capsys, ["--out", str(out), "--steps", "2"]) and snapshot(out) == before
+    assert "--width 8 vs 16" in error_of(capsys, ["--out", str(out), "--resume", "--steps", "4", "--width", "16"])
+
+
+# ---------------------------------------------------------------- learning
+def test_toy_pair_learns_a_cycle_consistent_map_onto_B():
+    """1,500 steps on the toy pair: G sends most points onto a mode of B and F(G(a)) returns to a.
+    (Which B mode each A mode goes to is not determined by unpaired data - see the README.)"""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "r"
+        nets = cg.main(["--out", str(out), "--device", "cpu", "--steps", "1500", "--log-every", "500", "--sample-every", "1500"])
+        a = cg.sample_toy("8gaussians", 1000, torch.Generator().manual_seed(9))
+        G, F = nets["G"].eval(), nets["F"].eval()
+        with torch.no_grad():
+            fake_b, back = G(a), F(G(a))
+        centres, std = cg.toy_centres("8gaussians")
+        b_centres = cg.toy_transform(centres)
+        on_b = torch.cdist(fake_b, b_centres).min(1).values < 0.1   # B's modes lie >= 0.5 apart
+        assert on_b.float().mean() > 0.8
+        assert (back - a).norm(dim=1).median() < 0.05
+        assert len(torch.cdist(fake_b[on_b], b_centres).argmin(1).unique()) >= 6  # no collapse onto few modes
