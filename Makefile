@@ -15,6 +15,7 @@ demo:
 	@[ ! -f wgan_gp.py ] || { echo "== $(PYTHON) wgan_gp.py --dataset 8gaussians --steps 1500"; \
 	  $(PYTHON) wgan_gp.py --dataset 8gaussians --steps 1500 --overwrite; }
 	@[ ! -f cgan.py ] || { echo "== $(PYTHON) cgan.py"; $(PYTHON) cgan.py --overwrite; }
+	@[ ! -f cyclegan.py ] || { echo "== $(PYTHON) cyclegan.py"; $(PYTHON) cyclegan.py --overwrite; }
 	@[ ! -f ddpm.py ] || { echo "== $(PYTHON) ddpm.py --dataset 8gaussians --steps 4000"; \
 	  $(PYTHON) ddpm.py --dataset 8gaussians --steps 4000 --overwrite; }
 	@[ ! -f fid.py ] || [ ! -f runs/gan-8gaussians/samples.npz ] || { echo "== $(PYTHON) fid.py runs/gan-8gaussians/samples.npz 8gaussians"; \

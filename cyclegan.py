@@ -78,7 +78,7 @@ def build_parser():
     a("--paired", action="store_true", help="pix2pix instead of CycleGAN: one generator, a conditional "
       "PatchGAN on (input, output), L1 to the target; needs pairs (built-in pairs, or a folder whose trainA/ "
       "and trainB/ hold images with the same names)")
-    a("--steps", type=int, default=None, help="training iterations (default: 2000 for 2-D sets, 3000 for images)")
+    a("--steps", type=int, default=2000, help="training iterations (default: %(default)s; about a minute for 2-D sets on 2 CPU cores)")
     a("--batch-size", type=int, default=None, help="minibatch size (default: 1 for photo sets and folders, as "
       "in the paper; 16 for the 28 px built-in pairs; 256 for 2-D sets)")
     a("--lr", type=float, default=2e-4, help="Adam learning rate, betas (0.5, 0.999), the paper's (default: %(default)s)")
@@ -131,7 +131,6 @@ def finish_config(cfg):
     toy = kind == "toy"
     name = Path(cfg.dataset).resolve().name if kind == "folder" else cfg.dataset.replace(":", "-")
     cfg.out = cfg.out or f"runs/{SCRIPT}-{name}{'-paired' if cfg.paired else ''}"
-    cfg.steps = cfg.steps if cfg.steps is not None else (2000 if toy else 3000)
     cfg.batch_size = cfg.batch_size if cfg.batch_size is not None else (256 if toy else 16 if kind == "builtin" else 1)
     cfg.width = cfg.width if cfg.width is not None else (128 if toy else 16 if kind == "builtin" else 64)
     cfg.image_size = None if toy else cfg.image_size if cfg.image_size is not None else (28 if kind == "builtin" else 64)

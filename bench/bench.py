@@ -378,11 +378,40 @@ def bench_ddpm_images(reuse):
     return rows
 
 
+# ---------------------------------------------------------------------------------- cyclegan.py
+def bench_cyclegan_toy(reuse):
+    args = ["--log-every", 500] + (["--steps", 300] if QUICK else [])
+    out, seconds = run_script("cyclegan.py", "cyclegan-8gaussians", args, reuse)
+    m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
+    if not QUICK:
+        publish(out / f"samples_{int(last['step'])}.png", "cyclegan_8gaussians.png")
+    return [{"dataset": "8gaussians pair", "steps": int(last["step"]), "mean abs(G(a) - T(a))": round(m["l1_to_truth"], 3),
+             "final cycle loss": round(last["loss_cycle"], 4), "steps_per_s": round(last["step"] / last["seconds"], 1),
+             "wall_s": round(seconds)}]
+
+
+def bench_cyclegan_images(reuse):
+    """The built-in colour pair on Fashion-MNIST: CycleGAN, without the cycle loss, and pix2pix."""
+    rows = []
+    for label, extra in [("CycleGAN", []), ("CycleGAN, --lambda-cycle 0", ["--lambda-cycle", 0]), ("pix2pix (--paired)", ["--paired"])]:
+        args = ["--dataset", "fashion-mnist:colour", "--log-every", 100, *extra] + (["--steps", 20] if QUICK else [])
+        out, seconds = run_script("cyclegan.py", "cyclegan-fashion-mnist-colour" + "".join(str(e) for e in extra).replace("-", "_"),
+                                  args, reuse)
+        m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
+        if not QUICK:
+            publish(out / f"samples_{int(last['step'])}.png", f"cyclegan_fashion_colour_{len(rows)}.png")
+        rows.append({"run": label, "steps": int(last["step"]), "label preservation %": round(100 * m["label_preservation"], 1),
+                     "mean abs(G(a) - T(a))": round(m["l1_to_truth"], 3), "identity baseline abs(a - T(a))": round(m["l1_identity_baseline"], 3),
+                     "classifier accuracy on T(a) %": round(100 * m["classifier_accuracy_on_truth"], 1),
+                     "steps_per_s": round(last["step"] / last["seconds"], 2), "wall_s": round(seconds)})
+    return rows
+
+
 SECTIONS = {"gan-toy": bench_gan_toy, "gan-js": bench_gan_js, "gan-images": bench_gan_images,
             "wgan-toy": bench_wgan_toy, "wgan-experiments": bench_wgan_experiments, "wgan-images": bench_wgan_images,
             "fid-frechet": bench_fid_frechet, "fid-throughput": bench_fid_throughput, "fid-scores": bench_fid_scores,
             "cgan-toy": bench_cgan_toy, "cgan-images": bench_cgan_images, "ddpm-toy": bench_ddpm_toy,
-            "ddpm-images": bench_ddpm_images}
+            "ddpm-images": bench_ddpm_images, "cyclegan-toy": bench_cyclegan_toy, "cyclegan-images": bench_cyclegan_images}
 
 
 def to_markdown(title, rows):
