@@ -657,8 +657,11 @@ def kernel_inception_distance(f1, f2, subsets=100, subset_size=1000, seed=0):
 
 def inception_score(p_yx, splits=10):
     """IS = exp(E_x KL(p(c|x) || p(c))), p(c) = E_x p(c|x) within each split; mean and std over splits.
-    1 when every prediction is the same distribution; K (classes) for confident, balanced predictions."""
+    1 when every prediction is the same distribution; K (classes) for confident, balanced predictions.
+    The splits are random (a fixed permutation): samples stored class by class, as a conditional model
+    exports them, would otherwise put one class in each split and score about 1."""
     scores = []
+    p_yx = p_yx[np.random.default_rng(0).permutation(len(p_yx))]
     for part in np.array_split(p_yx, splits):
         p_y = part.mean(0, keepdims=True)
         kl = (part * (np.log(np.clip(part, 1e-12, None)) - np.log(np.clip(p_y, 1e-12, None)))).sum(1)
