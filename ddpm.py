@@ -910,43 +910,41 @@ def save_process_figures(out, cfg, d, ema, device):
         x0 = x_all[torch.randperm(len(x_all), generator=gen)[:6]]
     eps = torch.randn(x0.shape, generator=gen)
     xs = [x0 if t == 0 else q_sample(d, x0, torch.full((len(x0),), t, dtype=torch.long), eps) for t in ts]
-    fig = Figure(figsize=(2 * len(ts), 2.3 if toy else 1.6 + 0.0 * len(x0)))
-    for i, (t, x) in enumerate(zip(ts, xs)):
-        ax = fig.add_subplot(1, len(ts), i + 1)
-        if toy:
+    title = "forward process q(x_t | x_0): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps"
+    labels = [f"t = {t}\nsqrt(abar) = {d.alpha_bar[t].sqrt().item():.3f}" for t in ts]
+    if toy:
+        fig = Figure(figsize=(2 * len(ts), 2.3))
+        for i, (x, label) in enumerate(zip(xs, labels)):
+            ax = fig.add_subplot(1, len(ts), i + 1)
             ax.scatter(*x.numpy().T, s=1, c="k")
             ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xticks=[], yticks=[])
-        else:
-            ax.imshow(image_grid(x, 1), cmap="gray" if x.shape[1] == 1 else None)
-            ax.set_axis_off()
-        ax.set_title(f"t = {t}\nsqrt(abar) = {d.alpha_bar[t].sqrt().item():.3f}", fontsize=8)
-    fig.suptitle("forward process q(x_t | x_0): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps", fontsize=9)
-    fig.tight_layout()
+            ax.set_title(label, fontsize=8)
+    else:  # one row per image, one column per t
+        fig = image_table(torch.stack(xs, 1), labels, None)
+    fig.suptitle(title, fontsize=9)
     write_atomic(out / "forward_process.png", lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
 
     shape = (2,) if toy else x0.shape[1:]
-    n = 1000 if toy else 6
+    n = 1000 if toy else 4
     y = fixed_labels(n, n_classes)
     n = len(y) if y is not None else n
     x_T = torch.randn(n, *shape, generator=torch.Generator().manual_seed(cfg.seed + 5)).to(device)
     y = None if y is None else y.to(device)
     _, snaps = sample(d, ema, x_T, cfg, y, "ancestral", record=set(ts) | {1}, generator=torch.Generator().manual_seed(cfg.seed + 6))
-    rts = [t for t in sorted(ts, reverse=True) if t > 0] + [1]
-    rts = list(dict.fromkeys(rts))
-    fig = Figure(figsize=(2 * len(rts), 4.8 if toy else 3.4))
-    for i, t in enumerate(rts):
-        for row, (what, x) in enumerate([("x_t", snaps[t][0]), ("x0_hat", snaps[t][1])]):
-            ax = fig.add_subplot(2, len(rts), row * len(rts) + i + 1)
-            if toy:
+    rts = list(dict.fromkeys([t for t in sorted(ts, reverse=True) if t > 0] + [1]))
+    title = "reverse process p_theta from fixed noise: x_{t-1} after the step at t, and the predicted x_0_hat"
+    if toy:
+        fig = Figure(figsize=(2 * len(rts), 4.8))
+        for i, t in enumerate(rts):
+            for row, x in enumerate(snaps[t]):
+                ax = fig.add_subplot(2, len(rts), row * len(rts) + i + 1)
                 ax.scatter(*x.numpy().T, s=1, c="k" if row == 0 else "tab:green")
                 ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xticks=[], yticks=[])
-            else:
-                ax.imshow(image_grid(x.clamp(-1, 1), 1), cmap="gray" if x.shape[1] == 1 else None)
-                ax.set_axis_off()
-            ax.set_title(f"{'x_' + str(t - 1) if row == 0 else 'x0_hat'} (step t={t})", fontsize=8)
-    fig.suptitle("reverse process p_theta from fixed noise: top x_{t-1} after the step at t, bottom the "
-                 "predicted x_0_hat", fontsize=9)
-    fig.tight_layout()
+                ax.set_title(f"{'x_' + str(t - 1) if row == 0 else 'x0_hat'} (step t={t})", fontsize=8)
+    else:  # per image two rows: x_{t-1}, then x_0_hat; one column per step t
+        rows = torch.stack([torch.stack([snaps[t][k] for t in rts], 1) for k in range(2)], 1)  # N x 2 x len(rts) x C x H x W
+        fig = image_table(rows.flatten(0, 1), [f"t = {t}" for t in rts], ["x_{t-1}", "x0_hat"] * len(x_T))
+    fig.suptitle(title, fontsize=9)
     write_atomic(out / "reverse_process.png", lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
 
     runs = [("ancestral", T)] + [("ddim", s) for s in (50, 20, 10) if s < T]
@@ -971,6 +969,20 @@ def save_process_figures(out, cfg, d, ema, device):
         ax.set_title(f"{label}, {steps} steps\n{seconds:.2f} s for {n} samples", fontsize=8)
     fig.tight_layout()
     write_atomic(out / "samplers.png", lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+
+
+def image_table(x, col_labels, row_labels):
+    """x: R x K x C x H x W images in [-1, 1] -> a figure with R rows and K labelled columns."""
+    from matplotlib.figure import Figure
+    R, K = x.shape[:2]
+    fig = Figure(figsize=(1.1 * K + 1, 1.1 * R + 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(image_grid(x.flatten(0, 1).clamp(-1, 1), K), cmap="gray" if x.shape[2] == 1 else None)
+    h, w = x.shape[3] + 2, x.shape[4] + 2
+    ax.set_xticks([w * (k + 0.5) for k in range(K)], col_labels, fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_yticks([h * (r + 0.5) for r in range(R)], row_labels or [""] * R, fontsize=7)
+    return fig
 
 
 def plot_losses(csv_path, png_path):
