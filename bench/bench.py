@@ -312,7 +312,11 @@ def bench_cgan_images(reuse):
         # the concat run has half the steps: the CPU time of this session ran out (README says so)
         args = ["--dataset", "fashion-mnist", "--d-cond", d_cond, "--mismatch-weight", w, "--log-every", 200] + \
                (["--steps", 30] if QUICK else ["--steps", steps] if steps else [])
-        out, seconds = run_script("cgan.py", f"cgan-fashion-mnist-{d_cond}-w{w}", args, reuse)
+        try:
+            out, seconds = run_script("cgan.py", f"cgan-fashion-mnist-{d_cond}-w{w}", args, reuse)
+        except NotRun:
+            rows.append({"D": d_cond, "mismatch weight": w, "steps": "not run"})
+            continue
         last = last_log_row(out)
         if (d_cond, w) == ("projection", 0.5) and not QUICK:
             publish(out / f"samples_{int(last['step'])}.png", "cgan_fashion_mnist.png")
@@ -362,8 +366,7 @@ def bench_ddpm_images(reuse):
     first = ddim / "samples_first200.npz"
     np.savez(first, x=s["x"][:len(np.load(out / "samples.npz")["x"])])
     if not QUICK:
-        for fig in ["forward_process", "reverse_process", "samplers"]:
-            publish(out / f"{fig}.png", f"ddpm_fashion_mnist_{fig}.png")
+        publish(out / "samplers.png", "ddpm_fashion_mnist_samplers.png")
         publish(out / f"samples_{int(last['step'])}.png", "ddpm_fashion_mnist.png")
     rows = []
     for folder, label, npz in [(out, "DDPM, ancestral", out / "samples.npz"), (ddim, "DDIM, eta 0 (same noise, same N)", first),
@@ -416,7 +419,8 @@ SECTIONS = {"gan-toy": bench_gan_toy, "gan-js": bench_gan_js, "gan-images": benc
 
 
 def to_markdown(title, rows):
-    keys = list(rows[0])
+    keys = list(max(rows, key=len))
+    rows = [{k: r.get(k, "") for k in keys} for r in rows]
     lines = [f"### {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
