@@ -293,7 +293,7 @@ def bench_cgan_toy(reuse):
             args = ["--dataset", dataset, "--mismatch-weight", w, "--log-every", 500] + (["--steps", 300] if QUICK else [])
             out, seconds = run_script("cgan.py", f"cgan-{dataset}-w{w}", args, reuse)
             m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
-            if w == 0.5 and not QUICK:
+            if w == 0.5 and dataset == "25gaussians" and not QUICK:
                 publish(out / f"samples_{int(last['step'])}.png", f"cgan_{dataset}.png")
             rows.append({"dataset": dataset, "mismatch weight": w, "steps": int(last["step"]),
                          "on asked mode (3 std) %": round(100 * m["on_target"], 1),
@@ -337,11 +337,10 @@ def bench_ddpm_toy(reuse):
         args = ["--dataset", dataset] + (["--steps", 500] if QUICK else [])
         out, seconds = run_script("ddpm.py", f"ddpm-{dataset}", args, reuse)
         m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
-        if not QUICK:
+        if not QUICK and dataset == "25gaussians":
             publish(out / f"samples_{int(last['step'])}.png", f"ddpm_{dataset}.png")
-            if dataset == "25gaussians":
-                for fig in ["forward_process", "reverse_process", "samplers"]:
-                    publish(out / f"{fig}.png", f"ddpm_{dataset}_{fig}.png")
+            for fig in ["forward_process", "reverse_process", "samplers"]:
+                publish(out / f"{fig}.png", f"ddpm_{dataset}_{fig}.png")
         rows.append({"dataset": dataset, "steps": int(last["step"]), "modes": f"{m['modes']}/{m['of']}",
                      "high_quality_%": round(100 * m["high_quality"], 1), "train_s": round(last["seconds"]),
                      "steps_per_s": round(last["step"] / last["seconds"], 1),
