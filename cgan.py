@@ -15,7 +15,7 @@ Labels here are classes: the mode a toy point came from, a digit, a garment, a s
 Run it:
     python cgan.py                                   # 8 Gaussians, label = mode, about a minute on a CPU
     python cgan.py --dataset 25gaussians             # 25 labelled modes
-    python cgan.py --dataset fashion-mnist           # one row per class (about 13 min on 2 CPU cores)
+    python cgan.py --dataset fashion-mnist           # one row per class (~15 min on 2 CPU cores; --steps 2000: 8)
     python cgan.py --dataset mnist | cifar10 | path/to/folder_with_one_subfolder_per_class
     python cgan.py --d-cond concat                   # Mirza & Osindero: y joined to D's input
     python cgan.py --mismatch-weight 0               # ablation: no mismatched real pairs
@@ -72,7 +72,7 @@ def build_parser():
     a("--data-dir", default="./data", help="where datasets live / are downloaded (default: %(default)s)")
     a("--out", default=None, help="run folder (default: runs/cgan-<dataset>)")
     a("--steps", type=int, default=None, help="generator updates (default: 3000 for 2-D sets, about a minute "
-      "on 2 CPU cores; 4000 for images, about 13 minutes for 28 px)")
+      "on 2 CPU cores; 4000 for images, about 15 minutes for 28 px on 2 CPU cores - 2000 already reach 97 %% conditional accuracy on Fashion-MNIST)")
     a("--batch-size", type=int, default=None, help="minibatch size m (default: 256 for 2-D sets, 64 for images)")
     a("--lr", type=float, default=2e-4, help="Adam learning rate for G and D, DCGAN paper (default: %(default)s)")
     a("--beta1", type=float, default=0.5, help="Adam beta1, 0.5 as in DCGAN (default: %(default)s)")

@@ -318,7 +318,7 @@ def bench_cgan_images(reuse):
             rows.append({"D": d_cond, "mismatch weight": w, "steps": "not run"})
             continue
         last = last_log_row(out)
-        if (d_cond, w) == ("projection", 0.5) and not QUICK:
+        if (d_cond, w, steps) == ("projection", 0.5, None) and not QUICK:
             publish(out / f"samples_{int(last['step'])}.png", "cgan_fashion_mnist.png")
         r = fid_scores(out / "samples.npz")
         cov = r["coverage"]
