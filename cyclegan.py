@@ -27,8 +27,10 @@ paired image-to-image translation (the discriminator sees the input as its condi
 
 Deliberate deviations from the papers: images default to 64 px (folders, photo sets) and 28 px
 (built-in pairs), not 256, with fewer channels for the built-in pairs, so a CPU can train them;
-pix2pix here uses the same ResNet generator as CycleGAN instead of its U-Net; minibatches are drawn
-with replacement (no epochs).
+pix2pix here uses the same ResNet generator as CycleGAN instead of its U-Net; the identity loss is
+off by default on 2-D sets (there the true map moves every point); training counts steps, 2,000 by
+default, not the paper's 200 epochs; minibatches are drawn with replacement (no epochs). The second
+generator is called F in the text and `Fn` in code, since `F` is torch.nn.functional.
 """
 import argparse
 import gzip
