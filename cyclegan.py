@@ -205,16 +205,17 @@ def lift(x, transform):
     return x.repeat(1, 3, 1, 1) if transform == "colour" else x
 
 
-def builtin_pair(name, data_dir, image_size, split):
+def builtin_pair(name, data_dir, image_size, split, paired=False):
     """train: A = one random half of the training images, B = T(the other half) - disjoint, so no pair is
-    seen. test: A = the test images and B = T(the same images), the known true translations.
-    Returns A, B, labels of A, labels of B."""
+    seen; with paired=True (pix2pix) B = T(the same half), b_i the true translation of a_i. test: A = the
+    test images and B = T(the same images), the known true translations. Returns A, B, labels of A, of B."""
     base, _, transform = name.partition(":")
     x, y = load_images(base, data_dir, image_size, split)
     if split == "test":
         return lift(x, transform), pair_transform(x, transform), y, y
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
     ia, ib = perm[: len(x) // 2], perm[len(x) // 2: 2 * (len(x) // 2)]
+    ib = ia if paired else ib
     return lift(x[ia], transform), pair_transform(x[ib], transform), y[ia], y[ib]
 
 
@@ -278,7 +279,7 @@ def load_pair(cfg, split):
     """Domains A and B for a split, plus A's and B's labels where known (built-in pairs)."""
     kind = dataset_kind(cfg.dataset)
     if kind == "builtin":
-        return builtin_pair(cfg.dataset, cfg.data_dir, cfg.image_size, split)
+        return builtin_pair(cfg.dataset, cfg.data_dir, cfg.image_size, split, cfg.paired)
     root = fetch_photo_set(cfg.dataset, cfg.data_dir) if kind == "photo" else cfg.dataset
     return (*folder_pair(root, cfg.image_size, split, cfg.paired), None, None)
 

@@ -150,6 +150,17 @@ def test_builtin_halves_are_disjoint_and_test_pairs_are_true_translations(tmp_pa
     assert len(At) == 20 and torch.allclose(Bt, cg.pair_transform(At[:, :1], "colour"))
 
 
+def test_paired_builtin_pair_is_aligned(tmp_path):
+    """pix2pix needs b_i = T(a_i): the paired training split pairs every input with its own translation
+    (the unpaired split's B comes from the other half and would make the L1 target unrelated to the input)."""
+    data = mnist_fixture(tmp_path, n=40)
+    A, B, y_A, y_B = cg.builtin_pair("mnist:colour", data, 28, "train", paired=True)
+    assert len(A) == len(B) == 20 and torch.equal(y_A, y_B)
+    assert torch.allclose(B, cg.pair_transform(A[:, :1], "colour"))
+    A_u, _, _, _ = cg.builtin_pair("mnist:colour", data, 28, "train")
+    assert torch.equal(A, A_u)                                  # the same input half as the unpaired run
+
+
 # ---------------------------------------------------------------- tiny runs
 def check_run(out, step, shape=None):
     for f in ["config.json", "log.csv", "losses.png", f"samples_{step}.png", "samples.npz", "checkpoint.pt", "metrics.json"]:
