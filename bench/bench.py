@@ -121,9 +121,12 @@ def bench_gan_images(reuse):
     last = last_log_row(out)
     if not QUICK:  # the README shows this run's final grid
         publish(out / f"samples_{int(last['step'])}.png", "gan_fashion_mnist.png")
+    r = fid_scores(out / "samples.npz")
     return [{"dataset": "fashion-mnist", "steps": int(last["step"]), "batch": 64,
              "steps_per_s": round(last["step"] / last["seconds"], 2), "wall_s": round(seconds),
-             "final D(x)": round(last["D_x"], 2), "final D(G(z))": round(last["D_G_z"], 2)}]
+             "final D(x)": round(last["D_x"], 2), "final D(G(z))": round(last["D_G_z"], 2),
+             "FD (classifier)": round(r["FD (classifier features)"], 2), "score": round(r["classifier score"][0], 2),
+             "missing classes": r["coverage"]["missing_classes"] or "none"}]
 
 
 # ---------------------------------------------------------------------------------- wgan_gp.py
@@ -187,8 +190,11 @@ def bench_wgan_images(reuse):
     last = last_log_row(out)
     if not QUICK:
         publish(out / f"samples_{int(last['step'])}.png", "wgan_gp_fashion_mnist.png")
+    r = fid_scores(out / "samples.npz")
     return [{"dataset": "fashion-mnist", "n_critic": 2, "lr": 2e-4, "steps": int(last["step"]), "batch": 64, "steps_per_s": round(last["step"] / last["seconds"], 2),
-             "wall_s": round(seconds), "final W estimate": round(last["wasserstein"], 3)}]
+             "wall_s": round(seconds), "final W estimate": round(last["wasserstein"], 3),
+             "FD (classifier)": round(r["FD (classifier features)"], 2), "score": round(r["classifier score"][0], 2),
+             "missing classes": r["coverage"]["missing_classes"] or "none"}]
 
 
 # ---------------------------------------------------------------------------------- fid.py
@@ -417,11 +423,56 @@ SECTIONS = {"gan-toy": bench_gan_toy, "gan-js": bench_gan_js, "gan-images": benc
             "ddpm-images": bench_ddpm_images, "cyclegan-toy": bench_cyclegan_toy, "cyclegan-images": bench_cyclegan_images}
 
 
+def summary(sections):
+    """One row per file, copied from the sections that ran: its toy-2-D figure and its real-data figure
+    (Fashion-MNIST; FD and score from fid.py's classifier features, lower / higher is better)."""
+    def first(name, **match):
+        rows = [r for r in sections.get(name, []) if all(r.get(k) == v for k, v in match.items())]
+        return rows[0] if rows else None
+    out = []
+    gan_toy = [r for r in sections.get("gan-toy", []) if r["dataset"] == "8gaussians"]
+    gan_img = first("gan-images")
+    out.append({"file": "gan.py", "toy 2-D": "8gaussians, seeds " + ", ".join(
+        f"{r['seed']}: {r['modes']} modes {r['high_quality_%']} % HQ" for r in gan_toy) if gan_toy else "",
+        "toy s": "/".join(str(r["wall_s"]) for r in gan_toy),
+        "real data (Fashion-MNIST)": f"{gan_img['steps']} steps: FD {gan_img.get('FD (classifier)')}, score "
+        f"{gan_img.get('score')}" if gan_img else "", "real-data s": gan_img["wall_s"] if gan_img else ""})
+    w_toy, w_img = first("wgan-toy", dataset="25gaussians", lipschitz="gp"), first("wgan-images")
+    out.append({"file": "wgan_gp.py", "toy 2-D": f"25gaussians, gp: {w_toy['modes']} modes {w_toy['high_quality_%']} % HQ"
+                if w_toy else "", "toy s": w_toy["wall_s"] if w_toy else "",
+                "real data (Fashion-MNIST)": f"n_critic 2, lr 2e-4, {w_img['steps']} steps: FD {w_img.get('FD (classifier)')}, "
+                f"score {w_img.get('score')}" if w_img else "", "real-data s": w_img["wall_s"] if w_img else ""})
+    c_toy, c_img = first("cgan-toy", dataset="25gaussians", **{"mismatch weight": 0.5}), first("cgan-images")
+    out.append({"file": "cgan.py", "toy 2-D": f"25gaussians: {c_toy['on asked mode (3 std) %']} % on the asked mode"
+                if c_toy else "", "toy s": c_toy["wall_s"] if c_toy else "",
+                "real data (Fashion-MNIST)": f"{c_img['steps']} steps: conditional accuracy {c_img.get('conditional accuracy %')} %, "
+                f"FD {c_img.get('FD (classifier)')}, score {c_img.get('score')}" if c_img else "",
+                "real-data s": c_img.get("wall_s", "") if c_img else ""})
+    d_toy, d_img = first("ddpm-toy", dataset="25gaussians"), first("ddpm-images")
+    out.append({"file": "ddpm.py", "toy 2-D": f"25gaussians: {d_toy['modes']} modes {d_toy['high_quality_%']} % HQ" if d_toy else "",
+                "toy s": d_toy["wall_s"] if d_toy else "",
+                "real data (Fashion-MNIST)": f"{d_img['train steps']} steps, {d_img['steps']}-step sampler, N {d_img['N']}: "
+                f"FD {d_img['FD (classifier)']}, score {d_img['score']}" if d_img else "",
+                "real-data s": f"{d_img['train_s']} + {round(d_img['sampling s (for N)'])} sampling" if d_img else ""})
+    y_toy, y_img = first("cyclegan-toy"), first("cyclegan-images")
+    out.append({"file": "cyclegan.py", "toy 2-D": f"8gaussians pair: cycle loss {y_toy['final cycle loss']}, mean abs(G(a) - T(a)) "
+                f"{y_toy['mean abs(G(a) - T(a))']} (a permutation of modes)" if y_toy else "", "toy s": y_toy["wall_s"] if y_toy else "",
+                "real data (Fashion-MNIST)": f"colour pair, {y_img['steps']} steps: label preservation {y_img['label preservation %']} %, "
+                f"mean abs(G(a) - T(a)) {y_img['mean abs(G(a) - T(a))']} (identity map: {y_img['identity baseline abs(a - T(a))']})"
+                if y_img else "", "real-data s": y_img["wall_s"] if y_img else ""})
+    f_fr, f_sc = first("fid-frechet"), first("fid-scores")
+    out.append({"file": "fid.py", "toy 2-D": f"Frechet distance vs scipy sqrtm: relative difference {f_fr['relative difference']}"
+                if f_fr else "", "toy s": "",
+                "real data (Fashion-MNIST)": f"feature classifier: {f_sc['value']} test accuracy" if f_sc else "",
+                "real-data s": f_sc["seconds"] if f_sc else ""})
+    return out
+
+
 def to_markdown(title, rows):
     keys = list(max(rows, key=len))
     rows = [{k: r.get(k, "") for k in keys} for r in rows]
     lines = [f"### {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r[k]).replace("|", "\\|") for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -451,6 +502,8 @@ def main():
           "Produced by `make bench`; seconds per section: " +
           ", ".join(f"{k} {v}" for k, v in results["seconds"].items() if k in results["sections"]) +
           " (a section that reused finished runs with --reuse counts only the reading; each run's own time is in its wall_s).", ""]
+    md += [to_markdown("Across the files (copied from the sections below; s = wall seconds of the run)",
+                       summary(results["sections"]))]
     md += [to_markdown(k, v) for k, v in results["sections"].items()]
     (ROOT / "bench" / f"results{suffix}.md").write_text("\n".join(md))
     (ROOT / "bench" / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
