@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import cgan
-from helpers import expect_user_error, snapshot, write_cifar_like, write_image_folder, write_mnist_like
+from helpers import expect_user_error, snapshot, straight_and_resumed, write_cifar_like, write_image_folder, write_mnist_like
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,25 +185,13 @@ def test_image_folder_subfolders_are_classes(tmp_path):
 
 
 @pytest.mark.parametrize("dataset", ["8gaussians", "mnist"])
-def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, dataset, monkeypatch):
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, dataset):
     write_mnist_like(tmp_path / "data" / "mnist", n=40)
     common = ["--dataset", dataset, "--data-dir", tmp_path / "data", "--batch-size", 8, "--width", 8, "--z-dim", 4,
               "--sample-every", 5, "--log-every", 5, "--num-samples", 20 if dataset == "mnist" else 16, "--seed", 3,
               "--steps", 20]
-    straight = run(tmp_path, *common, name="straight")
-    # Interrupt the same 20-step run right after its step-10 checkpoint (the 2-D sets' linear lr decay is
-    # laid out over --steps, so a shorter first half would be another run), then resume it.
-    real_save = cgan.save_checkpoint
-
-    def save_then_crash(path, cfg, parts, step, elapsed):
-        real_save(path, cfg, parts, step, elapsed)
-        if step == 10:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(cgan, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, *common, name="split")
-    monkeypatch.setattr(cgan, "save_checkpoint", real_save)
-    split = run(tmp_path, *common, "--resume", name="split")
+    # interrupted right after the step-10 checkpoint, then resumed
+    straight, split = straight_and_resumed(cgan, run, tmp_path, common, crash_at=10)
     a = torch.load(straight / "checkpoint.pt", weights_only=True)
     b = torch.load(split / "checkpoint.pt", weights_only=True)
     for net in ["G", "D"]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import cyclegan as cg
-from helpers import expect_user_error, http_server, snapshot, write_mnist_like
+from helpers import expect_user_error, http_server, snapshot, straight_and_resumed, write_mnist_like
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--width", 4, "--res-blocks", 1, "--batch-size", 4, "--log-every", 2, "--sample-every", 3,
@@ -204,22 +204,11 @@ def test_folder_with_mixed_sizes_and_paired_folder(tmp_path):
     assert "l1_to_target" in check_run(out, 2, (32, 32, 3))
 
 
-def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path):
     data = mnist_fixture(tmp_path)
     common = ["--dataset", "mnist:colour", "--data-dir", data, "--steps", 6, *TINY, "--pool-size", 3, "--num-samples", 5,
               "--seed", 2]
-    straight = run(tmp_path, *common, name="straight")
-    real_save = cg.save_checkpoint
-
-    def save_then_crash(path, cfg, parts, step, elapsed):
-        real_save(path, cfg, parts, step, elapsed)
-        if step == 3:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(cg, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, *common, name="split")
-    monkeypatch.setattr(cg, "save_checkpoint", real_save)
-    split = run(tmp_path, *common, "--resume", name="split")
+    straight, split = straight_and_resumed(cg, run, tmp_path, common, crash_at=3)
     a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (straight, split))
     for net in ["G", "F", "D_A", "D_B", "pool_A", "pool_B"]:
         assert all(torch.equal(v, b[net][k]) for k, v in a[net].items()), net

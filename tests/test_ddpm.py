@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import ddpm
-from helpers import expect_user_error, snapshot, write_cifar_like, write_image_folder, write_mnist_like
+from helpers import expect_user_error, snapshot, straight_and_resumed, write_cifar_like, write_image_folder, write_mnist_like
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--width", 8, "--batch-size", 8, "--timesteps", 20, "--sample-steps", 5, "--num-samples", 10,
@@ -365,20 +365,9 @@ def test_cifar10_and_folder_fixtures(tmp_path, monkeypatch):
     assert s["y"].tolist() == [0, 0, 1, 1]
 
 
-def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path):
     common = ["--steps", 8, *TINY, "--sample-every", 4, "--log-every", 2, "--seed", 3]
-    straight = run(tmp_path, *common, name="straight")
-    real_save = ddpm.save_checkpoint
-
-    def save_then_crash(path, cfg, parts, step, elapsed):
-        real_save(path, cfg, parts, step, elapsed)
-        if step == 4:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(ddpm, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, *common, name="split")
-    monkeypatch.setattr(ddpm, "save_checkpoint", real_save)
-    split = run(tmp_path, *common, "--resume", name="split")
+    straight, split = straight_and_resumed(ddpm, run, tmp_path, common, crash_at=4)
     a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (straight, split))
     for part in ["model", "ema"]:
         assert all(torch.equal(v, b[part][k]) for k, v in a[part].items()), part

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import wgan_gp as w
-from helpers import expect_user_error, FASHION_SYSTEM_DIR, snapshot, write_cifar_like, write_image_folder, write_mnist_like
+from helpers import expect_user_error, FASHION_SYSTEM_DIR, snapshot, straight_and_resumed, write_cifar_like, write_image_folder, write_mnist_like
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,22 +213,8 @@ def test_linear_lr_decay_reaches_zero(tmp_path):
 def test_resume_gives_the_same_numbers(tmp_path, lipschitz):
     common = ["--dataset", "8gaussians", "--lipschitz", lipschitz, "--batch-size", 8, "--width", 8, "--n-critic", 2,
               "--sample-every", 3, "--log-every", 3, "--num-samples", 10, "--seed", 4]
-    a = run(tmp_path, *common, "--steps", 6, name="a")
-    # Interrupt a 6-step run right after its step-3 checkpoint (the lr schedule depends on --steps, so a
-    # shorter run would not be the same run), then resume it.
-    real_save = w.save_checkpoint
-
-    def save_then_crash(path, cfg, parts, step, elapsed):
-        real_save(path, cfg, parts, step, elapsed)
-        if step == 3:
-            raise KeyboardInterrupt
-    w.save_checkpoint = save_then_crash
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(tmp_path, *common, "--steps", 6, name="b")
-    finally:
-        w.save_checkpoint = real_save
-    b = run(tmp_path, *common, "--steps", 6, "--resume", name="b")
+    # a 6-step run interrupted right after its step-3 checkpoint, then resumed
+    a, b = straight_and_resumed(w, run, tmp_path, [*common, "--steps", 6], crash_at=3)
     sa, sb = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (a, b))
     for net in ["G", "D"]:
         assert all(torch.equal(sa[net][k], sb[net][k]) for k in sa[net]), net
