@@ -1,6 +1,6 @@
 """make bench: the quality and speed figures the README publishes, measured by running the scripts.
 
-    python bench/bench.py                 # everything (about 90 minutes on a 2-core CPU)
+    python bench/bench.py                 # everything (8-9 hours on a 2-core CPU)
     BENCH_QUICK=1 python bench/bench.py   # reduced budgets, a smoke check in a few minutes
     python bench/bench.py --reuse         # read runs that already finished with the same flags
     python bench/bench.py --only gan-toy,gan-js
