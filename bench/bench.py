@@ -5,7 +5,8 @@
     python bench/bench.py --reuse         # read runs that already finished with the same flags
     python bench/bench.py --only gan-toy,gan-js
 
-Writes bench/results.md and bench/results.json. Each run's folder is runs/bench/<name>/.
+Writes bench/results.md and bench/results.json (BENCH_QUICK: results_quick.*). Each run's folder is
+runs/bench/<name>/ (BENCH_QUICK: runs/bench_quick/<name>/).
 """
 import argparse
 import csv
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-RUNS = ROOT / "runs" / "bench"
+RUNS = ROOT / "runs" / ("bench_quick" if QUICK else "bench")  # a quick run never replaces a full run's folders
 
 
 def machine():
