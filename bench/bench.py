@@ -88,7 +88,7 @@ def bench_gan_toy(reuse):
     seeds = [0] if QUICK else [0, 1, 2]
     for dataset in ["8gaussians", "25gaussians"]:
         for seed in seeds:
-            args = ["--dataset", dataset, "--seed", seed, "--log-every", 500] + (["--steps", 1000] if QUICK else [])
+            args = ["--dataset", dataset, "--seed", seed, "--log-every", 500] + (["--steps", 300] if QUICK else [])
             out, seconds = run_script("gan.py", f"gan-{dataset}-s{seed}", args, reuse)
             m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
             if seed == 0 and not QUICK:
@@ -117,7 +117,7 @@ def bench_gan_js(reuse):
 
 
 def bench_gan_images(reuse):
-    args = ["--dataset", "fashion-mnist", "--log-every", 200] + (["--steps", 200] if QUICK else [])
+    args = ["--dataset", "fashion-mnist", "--log-every", 200] + (["--steps", 40] if QUICK else [])
     out, seconds = run_script("gan.py", "gan-fashion-mnist", args, reuse)
     last = last_log_row(out)
     if not QUICK:  # the README shows this run's final grid
@@ -137,7 +137,7 @@ def bench_wgan_toy(reuse):
     rows = []
     for dataset in ["25gaussians", "8gaussians"]:
         for lip in ["gp", "clip", "sn"]:
-            args = ["--dataset", dataset, "--lipschitz", lip, "--log-every", 500] + (["--steps", 300] if QUICK else [])
+            args = ["--dataset", dataset, "--lipschitz", lip, "--log-every", 500] + (["--steps", 100] if QUICK else [])
             try:
                 out, seconds = run_script("wgan_gp.py", f"wgan_gp-{dataset}-{lip}", args, reuse)
             except NotRun:
@@ -159,7 +159,7 @@ def bench_wgan_toy(reuse):
 def bench_wgan_experiments(reuse):
     rows = []
     out, seconds = run_script("wgan_gp.py", "wgan_gp-w-vs-js", ["--experiment", "w-vs-js"] +
-                              (["--exp-steps", 200] if QUICK else []), reuse)
+                              (["--exp-steps", 60] if QUICK else []), reuse)
     fits = json.loads((out / "w_vs_js_fit.json").read_text())
     r = list(csv.DictReader(open(out / "w_vs_js.csv")))
     lines = [x for x in r if x["case"] == "parallel lines" and float(x["theta"]) > 0]
@@ -173,7 +173,7 @@ def bench_wgan_experiments(reuse):
     if not QUICK:
         publish(out / "w_vs_js.png", "wgan_gp_w_vs_js.png")
     out, seconds = run_script("wgan_gp.py", "wgan_gp-gradnorm", ["--experiment", "gradnorm"] +
-                              (["--exp-steps", 200] if QUICK else []), reuse)
+                              (["--exp-steps", 60] if QUICK else []), reuse)
     for line in list(csv.reader(open(out / "gradnorm.csv")))[1:]:
         v = [float(x) for x in line[1:]]
         rows.append({"experiment": f"gradnorm, {line[0]}", "result": f"layer 1 (input) {v[0]:.1e} ... layer 13 {v[-1]:.1e}",
@@ -271,7 +271,7 @@ def bench_fid_scores(reuse):
     for what, source in pairs:
         t0 = time.time()
         r = json.loads(subprocess.run([sys.executable, str(ROOT / "fid.py"), source, "fashion-mnist", "--classifier", str(clf),
-                                       "--json", "--num-real", "10000"], check=True, cwd=ROOT, capture_output=True, text=True).stdout)
+                                       "--json", "--num-real", "2000" if QUICK else "10000"], check=True, cwd=ROOT, capture_output=True, text=True).stdout)
         cov = r["coverage"]
         rows.append({"what": what, "value": f"FD {r['FD (classifier features)']:.2f}, KID {r['KID'][0]:.4f}, "
                      f"score {r['classifier score'][0]:.2f}, confidence {cov['confidence']:.2f}, class entropy "
@@ -288,7 +288,7 @@ def fid_scores(samples):
     if not clf.exists():
         bench_fid_scores(reuse=True)  # trains the classifier once
     return json.loads(subprocess.run([sys.executable, str(ROOT / "fid.py"), str(samples), "fashion-mnist", "--classifier",
-                                      str(clf), "--json", "--num-real", "10000"], check=True, cwd=ROOT,
+                                      str(clf), "--json", "--num-real", "2000" if QUICK else "10000"], check=True, cwd=ROOT,
                                      capture_output=True, text=True).stdout)
 
 
@@ -297,7 +297,7 @@ def bench_cgan_toy(reuse):
     rows = []
     for dataset in ["8gaussians", "25gaussians"]:
         for w in [0.5, 0.0]:
-            args = ["--dataset", dataset, "--mismatch-weight", w, "--log-every", 500] + (["--steps", 300] if QUICK else [])
+            args = ["--dataset", dataset, "--mismatch-weight", w, "--log-every", 500] + (["--steps", 100] if QUICK else [])
             out, seconds = run_script("cgan.py", f"cgan-{dataset}-w{w}", args, reuse)
             m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
             if w == 0.5 and dataset == "25gaussians" and not QUICK:
@@ -315,7 +315,8 @@ def bench_cgan_images(reuse):
     """Fashion-MNIST: the default (projection D, w = 1/2), without the mismatch term, and with the concat D;
     fid.py's classifier says which class each sample looks like (conditional accuracy)."""
     rows = []
-    for d_cond, w, steps in [("projection", 0.5, None), ("projection", 0.0, None), ("concat", 0.5, 2000), ("projection", 0.5, 2000)]:
+    runs = [("projection", 0.5, None), ("projection", 0.0, None), ("concat", 0.5, 2000), ("projection", 0.5, 2000)]
+    for d_cond, w, steps in runs[:2] if QUICK else runs:
         # the concat run has half the steps: the CPU time of this session ran out (README says so)
         args = ["--dataset", "fashion-mnist", "--d-cond", d_cond, "--mismatch-weight", w, "--log-every", 200] + \
                (["--steps", 30] if QUICK else ["--steps", steps] if steps else [])
@@ -341,7 +342,7 @@ def bench_cgan_images(reuse):
 def bench_ddpm_toy(reuse):
     rows = []
     for dataset in ["25gaussians", "8gaussians"]:
-        args = ["--dataset", dataset] + (["--steps", 500] if QUICK else [])
+        args = ["--dataset", dataset] + (["--steps", 200, "--timesteps", 100] if QUICK else [])
         out, seconds = run_script("ddpm.py", f"ddpm-{dataset}", args, reuse)
         m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
         if not QUICK and dataset == "25gaussians":
@@ -404,7 +405,8 @@ def bench_cyclegan_images(reuse):
     """The built-in colour pair on Fashion-MNIST: CycleGAN, without the cycle loss, and pix2pix."""
     rows = []
     for label, extra in [("CycleGAN", []), ("CycleGAN, --lambda-cycle 0", ["--lambda-cycle", 0]), ("pix2pix (--paired)", ["--paired"])]:
-        args = ["--dataset", "fashion-mnist:colour", "--log-every", 100, *extra] + (["--steps", 20] if QUICK else [])
+        args = ["--dataset", "fashion-mnist:colour", "--log-every", 100, *extra] + \
+               (["--steps", 20, "--eval-classifier-steps", 50, "--num-samples", 200] if QUICK else [])
         out, seconds = run_script("cyclegan.py", "cyclegan-fashion-mnist-colour" + "".join(str(e) for e in extra).replace("-", "_"),
                                   args, reuse)
         m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
