@@ -180,10 +180,13 @@ def sample_toy(name, n, generator=None):
     return centres[idx] + std * torch.randn(n, 2, generator=generator)
 
 
+TOY_SCALE, TOY_SHIFT = torch.tensor([1.5, 0.6]), torch.tensor([0.5, 0.0])
+
+
 def toy_transform(x):
     """The toy pair's B = T(A): stretch x by 1.5, squash y to 0.6 and shift right by 0.5 - no symmetry
     of the data maps it to itself, so the true translation is the only smooth one."""
-    return x * torch.tensor([1.5, 0.6]) + torch.tensor([0.5, 0.0])
+    return x * TOY_SCALE + TOY_SHIFT
 
 
 COLOUR_FG, COLOUR_BG = torch.tensor([1.0, 0.55, 0.0]), torch.tensor([0.05, 0.15, 0.55])  # orange on navy, in [0, 1]
@@ -735,7 +738,15 @@ def evaluate(cfg, nets, device):
     if kind == "toy":
         a = sample_toy(cfg.dataset, cfg.num_samples, torch.Generator().manual_seed(cfg.seed + 5))
         fake = translate(G, a, device, 2500)
-        return {"l1_to_truth": (fake - toy_transform(a)).abs().mean().item()}, fake
+        result = {"l1_to_truth": (fake - toy_transform(a)).abs().mean().item()}
+        if cfg.dataset != "swissroll":  # mixtures: is G(a) a realistic B point, and on the mode T(a) is on?
+            centres, std = toy_centres(cfg.dataset)
+            back = (fake - TOY_SHIFT) / TOY_SCALE  # T^-1(G(a))
+            d_back, d_a = torch.cdist(back, centres), torch.cdist(a, centres)  # both in A's coordinates
+            on_mode = d_back.min(1).values < 3 * std  # within 3 std of a mode of B, measured through T
+            result.update(on_B_modes=on_mode.float().mean().item(),
+                          on_true_mode=(on_mode & (d_back.argmin(1) == d_a.argmin(1))).float().mean().item())
+        return result, fake
     A, B, y_A, _ = load_pair(cfg, "test")
     n = min(cfg.num_samples, len(A))
     fake = translate(G, A[:n], device)
@@ -924,6 +935,10 @@ def main(argv=None):
         write_atomic(out / "metrics.json", lambda f: f.write(json.dumps(result, indent=1)), mode="w")
         if result:
             print("held-out inputs: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+        if "on_true_mode" in result:
+            print(f"{100 * result['on_B_modes']:.1f} % of G(a) land on a mode of B, {100 * result['on_true_mode']:.1f} % on the "
+                  "mode T(a) is on: unpaired data cannot tell B's modes apart, so a permutation of them is as "
+                  "cycle-consistent as T (see the README)")
         print(f"figures, samples.npz (G applied to held-out A inputs) and checkpoint.pt are in {out}/")
         return nets
     except UserError as e:
