@@ -397,6 +397,7 @@ def bench_cyclegan_toy(reuse):
     if not QUICK:
         publish(out / f"samples_{int(last['step'])}.png", "cyclegan_8gaussians.png")
     return [{"dataset": "8gaussians pair", "steps": int(last["step"]), "mean abs(G(a) - T(a))": round(m["l1_to_truth"], 3),
+             "G(a) on a B mode %": round(100 * m["on_B_modes"], 1), "G(a) on the true mode %": round(100 * m["on_true_mode"], 1),
              "final cycle loss": round(last["loss_cycle"], 4), "steps_per_s": round(last["step"] / last["seconds"], 1),
              "wall_s": round(seconds)}]
 
@@ -458,8 +459,8 @@ def summary(sections):
                 f"FD {d_img['FD (classifier)']}, score {d_img['score']}" if d_img else "",
                 "real-data s": f"{d_img['train_s']} + {round(d_img['sampling s (for N)'])} sampling" if d_img else ""})
     y_toy, y_img = first("cyclegan-toy"), first("cyclegan-images")
-    out.append({"file": "cyclegan.py", "toy 2-D": f"8gaussians pair: cycle loss {y_toy['final cycle loss']}, mean abs(G(a) - T(a)) "
-                f"{y_toy['mean abs(G(a) - T(a))']} (a permutation of modes)" if y_toy else "", "toy s": y_toy["wall_s"] if y_toy else "",
+    out.append({"file": "cyclegan.py", "toy 2-D": f"8gaussians pair: cycle loss {y_toy['final cycle loss']}, G(a) on a B mode "
+                f"{y_toy.get('G(a) on a B mode %')} %, on the true mode {y_toy.get('G(a) on the true mode %')} % (a permutation)" if y_toy else "", "toy s": y_toy["wall_s"] if y_toy else "",
                 "real data (Fashion-MNIST)": f"colour pair, {y_img['steps']} steps: label preservation {y_img['label preservation %']} %, "
                 f"mean abs(G(a) - T(a)) {y_img['mean abs(G(a) - T(a))']} (identity map: {y_img['identity baseline abs(a - T(a))']})"
                 if y_img else "", "real-data s": y_img["wall_s"] if y_img else ""})
