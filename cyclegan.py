@@ -537,8 +537,14 @@ def identity_loss(x, G_x):
 
 
 def bce_d_loss(D_real, D_fake):
-    # pix2pix: the conditional GAN log loss on logits, -log D(a, b) - log(1 - D(a, G(a)))
+    # pix2pix: the conditional GAN log loss on logits, -log D(a, b) - log(1 - D(a, G(a)));
+    # -log sigmoid(l) = softplus(-l) and -log(1 - sigmoid(l)) = softplus(l)
     return F.softplus(-D_real).mean() + F.softplus(D_fake).mean()
+
+
+def bce_g_loss(D_fake):
+    # pix2pix's G, the non-saturating form: -log D(a, G(a)) = softplus(-logit)
+    return F.softplus(-D_fake).mean()
 
 
 def lr_at(step, total, base):
@@ -623,9 +629,10 @@ def train(cfg, device):
         a, b = batch(cfg.batch_size)
         if cfg.paired:
             G, D = nets["G"], nets["D"]
-            # pix2pix 1. G: fool D on the pair (a, G(a)) and stay close to the target in L1
+            # pix2pix 1. G: fool D on the pair (a, G(a)) and stay close to the target in L1:
+            #    L_G = -log D(a, G(a)) + lambda_L1 * E || b - G(a) ||_1
             fake_b = G(a)
-            loss_adv = F.softplus(-D(torch.cat([a, fake_b], 1))).mean()
+            loss_adv = bce_g_loss(D(torch.cat([a, fake_b], 1)))
             loss_l1 = (fake_b - b).abs().mean()
             loss_G = loss_adv + cfg.lambda_l1 * loss_l1
             opt_G.zero_grad(set_to_none=True)

@@ -66,6 +66,9 @@ def test_least_squares_and_log_losses_on_hand_computed_outputs():
     assert cg.lsgan_d_loss(torch.ones(3), torch.zeros(3)).item() == 0  # a perfect discriminator
     l = torch.tensor([0.0])  # logit 0: D = 1/2 for both -> log 2 + log 2
     assert cg.bce_d_loss(l, l).item() == pytest.approx(2 * np.log(2))
+    sig = lambda x: 1 / (1 + math.exp(-x))  # logits 2 and -1, by hand: -log sigmoid(2) - log(1 - sigmoid(-1))
+    assert cg.bce_d_loss(torch.tensor([2.0]), torch.tensor([-1.0])).item() == pytest.approx(-math.log(sig(2)) - math.log(1 - sig(-1)))
+    assert cg.bce_g_loss(torch.tensor([2.0, -1.0])).item() == pytest.approx(-(math.log(sig(2)) + math.log(sig(-1))) / 2)
 
 
 # ---------------------------------------------------------------- the pool, the schedule
