@@ -57,6 +57,27 @@ def write_cifar_like(path, n_per_batch=4, seed=0):
     return np.concatenate(xs), np.array(ys), hashlib.md5(buf.getvalue()).hexdigest()
 
 
+def write_cifar_binary(path, n_per_batch=4, seed=0):
+    """cifar-10-binary.tar.gz in the published layout (records: 1 label byte + 3,072 pixel bytes);
+    returns (train images N x 3 x 32 x 32, train labels, test images, test labels, md5)."""
+    rng = np.random.default_rng(seed)
+    buf, parts = io.BytesIO(), {}
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            images = rng.integers(0, 256, (n_per_batch, 3, 32, 32), dtype=np.uint8)
+            labels = rng.integers(0, 10, n_per_batch, dtype=np.uint8)
+            parts[name] = images, labels
+            blob = np.concatenate([labels[:, None], images.reshape(n_per_batch, -1)], 1).tobytes()
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}.bin")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(buf.getvalue())
+    train = [parts[f"data_batch_{i}"] for i in range(1, 6)]
+    return (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
+            *parts["test_batch"], hashlib.md5(buf.getvalue()).hexdigest())
+
+
 def write_image_folder(root, sizes=((40, 30), (28, 28), (64, 80)), classes=("cats", "dogs")):
     """PNG and JPEG files of assorted sizes in one sub-folder per class."""
     from PIL import Image
@@ -110,16 +131,20 @@ def snapshot(folder):
 
 
 def expect_user_error(capsys, main, prog, argv):
-    """main(argv) must end with exit status 1 and exactly one clear '<prog>: error: ...' line on stderr,
-    no traceback (earlier stderr lines may be download progress). Returns that line."""
+    """main(argv) must stop with one clear '<prog>: error: ...' sentence and no traceback. v2 scripts
+    raise SystemExit(message) (Python prints it and exits with status 1); argparse prints its
+    message and exits with 2; v1 scripts print it and exit with 1. Returns the message."""
     import pytest
     with pytest.raises(SystemExit) as e:
         main([str(a) for a in argv])
-    assert e.value.code == 1
     stderr = capsys.readouterr().err
-    err = stderr.strip().splitlines()[-1]
-    assert err.startswith(f"{prog}: error: ") and "Traceback" not in stderr and stderr.count(f"{prog}: error") == 1
-    return err
+    if isinstance(e.value.code, str):
+        message = e.value.code
+    else:
+        assert e.value.code in (1, 2)
+        message = stderr.strip().splitlines()[-1]
+    assert message.startswith(f"{prog}: error: ") and "\n" not in message and "Traceback" not in stderr
+    return message
 
 
 def straight_and_resumed(module, run, tmp_path, args, crash_at):
