@@ -101,7 +101,8 @@ def train(cfg):
     opt_D = torch.optim.Adam(D.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
     parts = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}  # what a checkpoint holds
     step, clock = start_run(cfg, parts)
-    z_fixed = torch.randn(1000 if toy else 64, cfg.z_dim, generator=torch.Generator().manual_seed(1))
+    fixed = torch.Generator().manual_seed(1)  # noise for the figures, the same at every step
+    z_fixed = torch.randn(1000 if toy else 64, cfg.z_dim, generator=fixed)
     for step in range(step + 1, cfg.steps + 1):
         # 1. k times: sample m noises z ~ p(z) and m examples x ~ P_data; update D by ascending
         #    V(D, G), i.e. descending L_D = -V, with G fixed.
@@ -320,15 +321,18 @@ def parse_options(argv):
     p = argparse.ArgumentParser(PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, default, text in {row[0]: row for row in COMMON + OPTIONS}.values():  # OPTIONS win
-        d, choices = (default[0], default) if type(default) is list else (default, None)
-        d = d[0] if type(d) is tuple else d
-        kind = positive if type(d) is int and d > 0 else type(d)
-        p.add_argument(flag, action="store_true", help=text) if d is False else p.add_argument(
-            flag, type=kind, default=default, choices=choices, help=f"{text} (default: %(default)s)")
+        d = default[0] if type(default) in (list, tuple) else default
+        shown = f"{d} for 2-D data, {default[1]} for images" if type(default) is tuple else d
+        if d is False:
+            p.add_argument(flag, action="store_true", help=text)
+            continue
+        p.add_argument(flag, default=default if type(default) is tuple else d,
+                       help=text if shown == "" else f"{text} (default: {shown})",
+                       choices=default if type(default) is list else None,
+                       type=positive if type(d) is int and d > 0 else type(d))
     cfg = p.parse_args(argv)
-    for key, value in vars(cfg).items():
-        setattr(cfg, key, value[0] if type(value) is list else
-                value[cfg.dataset not in TOY_SETS] if type(value) is tuple else value)
+    for key, value in vars(cfg).items():  # a pair of defaults: the first for 2-D data
+        setattr(cfg, key, value[cfg.dataset not in TOY_SETS] if type(value) is tuple else value)
     sizes = {"mnist": 28, "fashion-mnist": 28, "cifar10": 32}
     cfg.image_size = cfg.image_size or sizes.get(cfg.dataset.split(":")[0], 64)
     run = getattr(cfg, "experiment", "train")
@@ -357,7 +361,7 @@ def load_data(name, data_dir, size, split="train"):
     """x: uint8 images N x C x size x size, y: int64 labels, and the class names."""
     files, names = [], [str(c) for c in range(10)]
     try:
-        if name in ("mnist", "fashion-mnist"):  # IDX: 0 0 8 ndim, ndim big-endian uint32 sizes, data
+        if name in ("mnist", "fashion-mnist"):  # IDX: 0 0 8 ndim, ndim big-endian uint32s, bytes
             for ndim, f in zip((3, 1), MNIST[:2] if split == "train" else MNIST[2:]):
                 files.append(fetch(name, f, data_dir))
                 b = gzip.decompress(files[-1].read_bytes())
@@ -417,10 +421,10 @@ def start_run(cfg, parts):
     if cfg.resume:
         try:
             state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-            diff = [f"--{k.replace('_', '-')} {state['options'][k]}, not {getattr(cfg, k)}"
-                    for k in ("dataset", "image_size", *ARCH) if state["options"][k] != vars(cfg)[k]]
+            diff = [f"--{k.replace('_', '-')} {state['options'][k]}, not {vars(cfg)[k]}" for k in
+                    ("dataset", "image_size", *ARCH) if state["options"][k] != vars(cfg)[k]]
         except Exception as e:  # missing, truncated, or not a checkpoint
-            raise SystemExit(f"{PROG}: error: cannot resume from {out}/checkpoint.pt ({e})") from None
+            raise SystemExit(f"{PROG}: error: cannot resume from {out}/checkpoint.pt: {e}") from None
         if state["script"] != PROG or diff:
             raise SystemExit(f"{PROG}: error: {out}/checkpoint.pt is from {state['script']}"
                              + " with " * bool(diff) + "; ".join(diff) + "; choose another --out")

@@ -113,6 +113,7 @@ def bench_gan_js(reuse):
                                                              f"{max(float(x['js_lower_bound']) for x in lines) / math.log(2):.4f}",
         "lines: minimax gradient at smallest -> largest theta": f"{float(lines[0]['grad_minimax']):.1e} -> {float(lines[-1]['grad_minimax']):.1e}",
         "gaussians: minimax gradient, peak -> theta=8": f"{max(float(x['grad_minimax']) for x in g):.2f} -> {float(g[-1]['grad_minimax']):.1e}",
+        "gaussians: mean abs(sigmoid(D) - D*), largest over theta": round(max(float(x["mean_abs_D_minus_D_star"]) for x in g), 4),
         "wall_s": round(seconds)}]
 
 

@@ -244,7 +244,7 @@ def test_help_is_the_docstring_and_every_flag_with_its_default(script):
     assert r.returncode == 0 and mod.__doc__.splitlines()[0] in r.stdout and "Examples" in r.stdout
     for flag, default, _ in mod.COMMON + mod.OPTIONS:
         assert flag in r.stdout
-    assert r.stdout.count("(default:") >= len({f for f, d, _ in mod.COMMON + mod.OPTIONS if d is not False})
+    assert r.stdout.count("(default:") >= len({f for f, d, _ in mod.COMMON + mod.OPTIONS if d not in (False, "")})
 
 
 @pytest.mark.parametrize("script", V2)
