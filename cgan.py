@@ -1,374 +1,89 @@
-"""cgan.py - a conditional GAN whose discriminator checks that x matches its condition y.
+"""cgan.py - a conditional GAN whose discriminator checks that x fits its condition y.
 
-The generator takes a condition and noise, x = G(z, y); the discriminator judges a PAIR, D(x, y).
-Judging realism alone is not enough: a D that only asks "is x real?" is satisfied by a sharp image of
-the wrong class, so G is free to ignore y. The lecture notes' discriminator therefore separates three
-cases:
+G draws x = G(z, y) for a condition y; D judges a PAIR, D(x, y). A D that only asks "is x real?" is
+fooled by a sharp image of the wrong class, so G could ignore y. The notes' D therefore separates
+three cases:  real x with its own y -> 1;  real x with a wrong y' -> 0;  G(z, y) with y -> 0.
 
-    real x that matches y          -> 1
-    real x with a mismatched y'    -> 0      (sharp, but not what was asked for)
-    generated x = G(z, y) with y   -> 0
+    L_D = -E[log D(x, y)] - w E[log(1 - D(x, y'))] - (1 - w) E[log(1 - D(G(z, y), y))]
+    L_G = -E[log D(G(z, y), y)]
 
-so that D learns to check the fit of x to y, and G can only fool it by drawing what y asks for.
-Labels here are classes: the mode a toy point came from, a digit, a garment, a sub-folder name.
+w = 1/2 is Reed et al.'s matching-aware D; w = 0 the plain conditional GAN (Mirza & Osindero).
+Notes -> code: notes 000 and 003 call the condition x and the output y; here, as in the papers, the
+condition is y (a class: a toy mode, a digit, a garment, a sub-folder) and the output is x. When the
+condition is itself an image (pix2pix, colourisation, 上色), see cyclegan.py --paired.
 
-Run it:
-    python cgan.py                                   # 8 Gaussians, label = mode, about a minute on a CPU
-    python cgan.py --dataset 25gaussians             # 25 labelled modes
-    python cgan.py --dataset fashion-mnist           # one row per class (~15 min on 2 CPU cores; --steps 2000: 8)
-    python cgan.py --dataset mnist | cifar10 | path/to/folder_with_one_subfolder_per_class
-    python cgan.py --d-cond concat                   # Mirza & Osindero: y joined to D's input
-    python cgan.py --mismatch-weight 0               # ablation: no mismatched real pairs
+Examples:
+  python cgan.py                          # 8 Gaussians, label = mode, about a minute on a CPU
+  python cgan.py --dataset 25gaussians    # 25 labelled modes
+  python cgan.py --dataset fashion-mnist  # one row per class, ~8 min on 2 CPU cores
+  python cgan.py --d-cond concat          # Mirza & Osindero's D: y joined to D's input
+  python cgan.py --mismatch-weight 0      # ablation: no (real x, wrong y') pairs
 
-Lecture notes followed: conditional generation (the generator's two inputs: a condition and a random
-sample z); the conditional discriminator that sees (condition, x) and its three cases; paired
-(labelled) data needed to train it; the GAN objective and the non-saturating generator loss.
-
-Deliberate deviations from the papers: Mirza & Osindero (2014) used maxout MLPs and D saw only
-matched pairs and fakes; we use DCGAN-style networks and add Reed et al.'s (2016) mismatched real
-pairs. D returns a logit and every log D is written with softplus (stable; identical in value).
-Minibatches are drawn with replacement (no epochs) so a resumed run replays the same batches.
+Deviations from the papers: DCGAN networks and Adam, not maxout MLPs; D returns a logit and
+log D = -softplus(-l); the default D is the projection D of Miyato & Koyama (2018); 2-D runs
+decay the learning rate linearly to 0; the fakes in D's step and in G's step are conditioned on the
+labels of a data batch, so y follows the data's class frequencies; batches are drawn with
+replacement.
 """
-import argparse
-import gzip
-import hashlib
-import json
-import math
-import os
-import pickle
-import sys
-import tarfile
-import time
-import urllib.request
+import argparse, gzip, hashlib, io, json, math, os, sys, tarfile, time, urllib.request, zlib
 from pathlib import Path
-
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 import torch.nn.functional as F
 
-SCRIPT = "cgan"
-TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
-IMAGE_SETS = ("mnist", "fashion-mnist", "cifar10")
-CLASS_NAMES = {"mnist": [str(k) for k in range(10)],
-               "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                                 "Sneaker", "Bag", "Ankle boot"],
-               "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+# ------------------------------------------------------------------------- 1. the concept
+# D returns a logit l on each kind of pair: logit_match (x, y), logit_mismatch (x, y'), logit_fake
+# (G(z, y), y). D(x, y) = sigmoid(l), so log D = -softplus(-l) and log(1 - D) = -softplus(l).
+def mismatched_labels(y, n_classes, generator=None):
+    # y' = (y + U{1..K-1}) mod K: uniform over the K - 1 other classes, never y itself
+    offset = torch.randint(1, n_classes, y.shape, generator=generator).to(y.device)
+    return (y + offset) % n_classes
 
+def conditional_discriminator_loss(logit_match, logit_mismatch, logit_fake, w):
+    # L_D = -E[log D(x, y)] - w E[log(1 - D(x, y'))] - (1 - w) E[log(1 - D(G(z, y), y))]:
+    # the two negative cases weigh 1 together, as the single one does in the plain GAN
+    return (F.softplus(-logit_match).mean() + w * F.softplus(logit_mismatch).mean()
+            + (1 - w) * F.softplus(logit_fake).mean())
 
-# ----------------------------------------------------------------------------------------------
-# 1. Configuration: every option, its default and what it does (`python cgan.py --help`).
-# ----------------------------------------------------------------------------------------------
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="cgan.py", description="A conditional GAN, G(z, y) and D(x, y), whose discriminator also "
-        "rejects real images paired with the wrong label. Toy 2-D sets (label = mode) or labelled images.",
-        epilog="Examples: python cgan.py | python cgan.py --dataset fashion-mnist | python cgan.py "
-        "--d-cond concat --mismatch-weight 0")
-    a = p.add_argument
-    a("--dataset", default="8gaussians", help="8gaussians, 25gaussians (label = the mode a point came from), "
-      "mnist, fashion-mnist, cifar10, or a folder of png/jpg images with one sub-folder per class "
-      "(default: %(default)s)")
-    a("--data-dir", default="./data", help="where datasets live / are downloaded (default: %(default)s)")
-    a("--out", default=None, help="run folder (default: runs/cgan-<dataset>)")
-    a("--steps", type=int, default=None, help="generator updates (default: 3000 for 2-D sets, about a minute "
-      "on 2 CPU cores; 4000 for images, about 15 minutes for 28 px on 2 CPU cores - 2000 already reach 97 %% conditional accuracy on Fashion-MNIST)")
-    a("--batch-size", type=int, default=None, help="minibatch size m (default: 256 for 2-D sets, 64 for images)")
-    a("--lr", type=float, default=2e-4, help="Adam learning rate for G and D, DCGAN paper (default: %(default)s)")
-    a("--beta1", type=float, default=0.5, help="Adam beta1, 0.5 as in DCGAN (default: %(default)s)")
-    a("--lr-decay", default=None, choices=["none", "linear"], help="learning-rate schedule: linear decays to 0 "
-      "at the last step, which tightens the 2-D clusters at the end (default: linear for 2-D sets, none for images)")
-    a("--d-cond", default="projection", choices=["projection", "concat"], help="how D sees y: projection "
-      "(Miyato & Koyama 2018: D(x, y) = psi(phi(x)) + e(y).phi(x)) or concat (Mirza & Osindero 2014: the "
-      "label embedding joined to D's input) (default: %(default)s)")
-    a("--mismatch-weight", type=float, default=0.5, help="w in [0, 1]: weight of the (real x, wrong y) term "
-      "in D's loss; generated pairs get 1 - w, so the two negative cases together weigh as much as the "
-      "positive one. 0.5 is Reed et al.'s 1/2 + 1/2; 0 turns the mismatch term off (default: %(default)s)")
-    a("--d-steps", type=int, default=1, help="k, discriminator updates per generator update (default: %(default)s)")
-    a("--z-dim", type=int, default=None, help="noise dimension (default: 2 for 2-D sets, 100 for images)")
-    a("--emb-dim", type=int, default=16, help="size of the learned label embeddings e(y) in G and in the "
-      "concat D (default: %(default)s)")
-    a("--width", type=int, default=None, help="hidden units of the MLPs (2-D) or base channels of the "
-      "DCGAN (images) (default: 256 for 2-D sets, 64 for images)")
-    a("--image-size", type=int, default=None, help="28, 32 or 64 pixels (default: 28 for (fashion-)mnist, "
-      "32 for cifar10, 64 for a folder)")
-    a("--labels", default=None, help="comma-separated class indices drawn in the figures and exported to "
-      "samples.npz, e.g. 0,3,7 (default: every class)")
-    a("--seed", type=int, default=0, help="random seed; the same seed on CPU gives the same numbers (default: %(default)s)")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto picks cuda > mps > cpu (default: %(default)s)")
-    a("--log-every", type=int, default=100, help="progress line and log.csv row cadence (default: %(default)s)")
-    a("--sample-every", type=int, default=1000, help="sample figure + checkpoint cadence (default: %(default)s)")
-    a("--num-samples", type=int, default=None, help="samples exported to samples.npz at the end, split "
-      "equally over the classes (default: 2400 points for 2-D sets, 1000 images)")
-    a("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    a("--overwrite", action="store_true", help="start afresh even if <out> already holds a run")
-    p.set_defaults(experiment="train")  # no side experiments here; the shared prepare_out reads this field
-    return p
+def generator_loss(logit_fake):
+    # L_G = -E[log D(G(z, y), y)] (non-saturating): G must look real AND fit y to score
+    return F.softplus(-logit_fake).mean()
 
+# The optimal D of L_D, pair by pair, with q(x, y) = p_data(x) (1 - p_data(y|x)) / (K - 1) the law
+# of the mismatched pairs:  D*(x, y) = p_data(x, y) / (p_data(x, y) + w q(x, y) + (1 - w) p_G(x, y))
+# With w = 0 its logit is log p_data(x, y) / p_G(x, y), a ratio of JOINT densities. At G's optimum
+# (p_G = p_data) and for an x that clearly shows its class (q ~ 0), D* = 1 / (2 - w): 1/2 for the
+# plain cGAN, 2/3 for w = 1/2 -- so D(G(z, y), y) settles near 2/3, not 1/2.
 
-def finish_config(cfg):
-    """Fill the dataset-dependent defaults (stated in --help), the class names, and validate."""
-    toy = cfg.dataset in TOY_SETS
-    if cfg.dataset == "swissroll":
-        raise UserError("swissroll has no classes to condition on: use 8gaussians or 25gaussians (label = mode)")
-    if not toy and cfg.dataset not in IMAGE_SETS and not Path(cfg.dataset).is_dir():
-        raise UserError(f"unknown dataset '{cfg.dataset}': choose one of 8gaussians, 25gaussians, "
-                        f"{', '.join(IMAGE_SETS)}, or give the path of a folder with one sub-folder per class")
-    name = cfg.dataset if (toy or cfg.dataset in IMAGE_SETS) else Path(cfg.dataset).resolve().name
-    cfg.out = cfg.out or f"runs/{SCRIPT}-{name}"
-    cfg.steps = cfg.steps if cfg.steps is not None else (3000 if toy else 4000)
-    cfg.batch_size = cfg.batch_size if cfg.batch_size is not None else (256 if toy else 64)
-    cfg.lr_decay = cfg.lr_decay if cfg.lr_decay is not None else ("linear" if toy else "none")
-    cfg.z_dim = cfg.z_dim if cfg.z_dim is not None else (2 if toy else 100)
-    cfg.width = cfg.width if cfg.width is not None else (256 if toy else 64)
-    cfg.num_samples = cfg.num_samples if cfg.num_samples is not None else (2400 if toy else 1000)
-    if cfg.image_size is None and not toy:
-        cfg.image_size = {"mnist": 28, "fashion-mnist": 28, "cifar10": 32}.get(cfg.dataset, 64)
-    if not toy and cfg.image_size not in (28, 32, 64):
-        raise UserError(f"--image-size {cfg.image_size} is not supported: the DCGAN here takes 28, 32 or 64 pixels")
-    for flag in ("steps", "batch_size", "d_steps", "z_dim", "emb_dim", "width", "log_every", "sample_every", "num_samples"):
-        if getattr(cfg, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(cfg, flag)}")
-    if not 0 <= cfg.mismatch_weight <= 1:
-        raise UserError(f"--mismatch-weight must lie in [0, 1], got {cfg.mismatch_weight}")
-    cfg.classes = (CLASS_NAMES.get(cfg.dataset) or [f"mode {k}" for k in range(len(toy_centres(cfg.dataset)[0]))]
-                   if toy or cfg.dataset in IMAGE_SETS else folder_classes(cfg.dataset))
-    if len(cfg.classes) < 2:
-        raise UserError(f"{cfg.dataset} has {len(cfg.classes)} class: a conditional GAN needs at least two "
-                        "(put the images of each class in its own sub-folder)")
-    try:
-        cfg.labels = [int(s) for s in cfg.labels.split(",")] if cfg.labels else list(range(len(cfg.classes)))
-    except ValueError:
-        raise UserError(f"--labels takes comma-separated class indices such as 0,3,7, got '{cfg.labels}'")
-    bad = [k for k in cfg.labels if not 0 <= k < len(cfg.classes)]
-    if bad:
-        raise UserError(f"--labels: class {bad[0]} is out of range; {name} has classes 0..{len(cfg.classes) - 1}")
-    return cfg
-
-
-# ----------------------------------------------------------------------------------------------
-# 2. Data with labels. Toy 2-D: the WGAN-GP reference mixtures (CONVENTIONS §5), label = the mode a
-#    point was drawn from. Images: float tensors in [-1, 1], N x C x H x W, plus integer labels.
-# ----------------------------------------------------------------------------------------------
-def toy_centres(name):
-    """Mode centres and per-mode std of the mixture sets, in the dataset's own (scaled) coordinates."""
-    if name == "8gaussians":
-        k = torch.arange(8) * (2 * math.pi / 8)
-        return torch.stack([2 * torch.cos(k), 2 * torch.sin(k)], 1) / 1.414, 0.02 / 1.414
-    if name == "25gaussians":
-        g = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
-        return torch.cartesian_prod(g, g) / 2.828, 0.05 / 2.828
-    raise ValueError(f"{name} has no discrete modes")
-
-
-def sample_toy_labelled(name, n, generator=None):
-    """n points of a mixture and their labels: y ~ U{0..K-1}, x = centre_y + std * N(0, I)."""
-    centres, std = toy_centres(name)
-    y = torch.randint(len(centres), (n,), generator=generator)
-    return centres[y] + std * torch.randn(n, 2, generator=generator), y
-
-
-def folder_classes(root):
-    """The class names of an image folder, in the order load_image_folder numbers them (sorted
-    sub-folder names; images lying directly in root form the class '')."""
-    rel = [p.relative_to(root).parts for p in Path(root).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
-    return sorted({r[0] if len(r) > 1 else "" for r in rel})
-
-
-# --- scaffolding: dataset files, download, checksums (identical in every script; skip on first read) ---
-DATASETS = {  # file name -> MD5 of the published file; mirrors are tried in order
-    "mnist": {"mirrors": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
-                          "http://yann.lecun.com/exdb/mnist/"],
-              "files": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-                        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-                        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}},
-    "fashion-mnist": {"mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                                  "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
-                      "files": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                                "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-                                "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-                                "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
-                      "system_dir": "/usr/share/datasets/fashion-mnist"},  # Debian: dataset-fashion-mnist
-    "cifar10": {"mirrors": ["https://www.cs.toronto.edu/~kriz/"],
-                "files": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}},
-}
-
-
-class UserError(Exception):
-    """A user mistake or a broken environment: main() prints the message, no traceback."""
-
-
-def file_hash(path, algorithm="md5"):
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download(urls, dest, digest, algorithm="md5"):
-    """Fetch a published file from the first mirror that works, check its hash (a full hex digest or a
-    prefix of one), and only then rename it into place: a failed download leaves nothing behind."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp, failures = dest.with_name(dest.name + ".part"), []
-    for url in urls:
-        h, done, last = hashlib.new(algorithm), 0, 0.0
-        try:
-            with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
-                total = int(r.headers.get("Content-Length") or 0)
-                for block in iter(lambda: r.read(1 << 16), b""):
-                    f.write(block), h.update(block)
-                    done += len(block)
-                    if time.time() - last > 0.5 or done == total:
-                        last = time.time()
-                        print(f"\rdownloading {url}: {done / 1e6:.1f}/{total / 1e6:.1f} MB", end="", file=sys.stderr)
-            print(file=sys.stderr)
-            if h.hexdigest().startswith(digest):
-                os.replace(tmp, dest)
-                return dest
-            failures.append(f"{url}: checksum mismatch ({algorithm} {h.hexdigest()}, expected {digest})")
-        except OSError as e:  # URLError, refused connection, timeout, disk full
-            failures.append(f"{url}: {getattr(e, 'reason', e)}")
-        tmp.unlink(missing_ok=True)
-    raise UserError(f"could not get {dest.name} ({'; '.join(failures)}); with no network, put the file "
-                    f"in {dest.parent.resolve()}/ by hand")
-
-
-def find_or_download(name, fname, data_dir):
-    """A file already in <data-dir>/<name>/ or the system folder is used as is; else it is downloaded."""
-    spec = DATASETS[name]
-    for folder in (Path(data_dir) / name, Path(spec.get("system_dir", "/nonexistent"))):
-        if (folder / fname).is_file():
-            return folder / fname
-    return download([m + fname for m in spec["mirrors"]], Path(data_dir) / name / fname, spec["files"][fname])
-
-
-def read_idx(path, magic):
-    """IDX file (MNIST format): big-endian magic, dims, then uint8 data. Structure is checked fully."""
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()  # gzip verifies its CRC at the end: a truncated or corrupt file fails here
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path} is corrupt or truncated ({e}); delete it and run again to fetch a fresh copy")
-    ndim = magic & 0xFF
-    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
-        raise UserError(f"{path} is not an IDX file of the expected kind; delete it and run again")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise UserError(f"{path} holds {data.size} values where its header promises {int(np.prod(dims))}; "
-                        "delete it and run again")
-    return data.reshape(dims)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """CIFAR-10 ships as pickles. Unpickling can run arbitrary code, so admit only numpy arrays."""
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-        if module == "numpy.core.multiarray" and hasattr(np, "_core"):
-            module = "numpy._core.multiarray"  # numpy >= 2 renamed the module that old pickles name
-        return super().find_class(module, name)
-
-
-def load_cifar10(data_dir, split):
-    fname = "cifar-10-python.tar.gz"
-    path = find_or_download("cifar10", fname, data_dir)
-    if file_hash(path) != DATASETS["cifar10"]["files"][fname]:  # verified BEFORE anything is unpickled
-        raise UserError(f"{path} fails its MD5 checksum (corrupt, truncated or not the published file); "
-                        "delete it and run again")
-    members = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    xs, ys = [], []
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            for m in members:
-                d = RestrictedUnpickler(tar.extractfile(f"cifar-10-batches-py/{m}"), encoding="bytes").load()
-                xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)), ys.append(d[b"labels"])
-    except (tarfile.TarError, KeyError, pickle.UnpicklingError, EOFError, OSError) as e:
-        raise UserError(f"{path} could not be read as the CIFAR-10 python tarball ({e})")
-    return np.concatenate(xs).transpose(0, 2, 3, 1), np.concatenate(ys)
-
-
-def load_image_folder(root, size):
-    """Every png/jpg below root, resized (shorter side) and centre-cropped; sub-folder = class."""
-    from PIL import Image  # comes with matplotlib
-    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise UserError(f"no .png/.jpg images found below {root}")
-    classes = sorted({p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files})
-    xs, ys = [], []
-    for p in files:
-        try:
-            im = Image.open(p).convert("RGB")
-        except OSError as e:
-            raise UserError(f"cannot read image {p} ({e}); remove or replace it")
-        s = size / min(im.size)
-        im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BICUBIC)
-        left, top = (im.width - size) // 2, (im.height - size) // 2
-        xs.append(np.asarray(im.crop((left, top, left + size, top + size)), np.uint8))
-        rel = p.relative_to(root).parts
-        ys.append(classes.index(rel[0] if len(rel) > 1 else ""))
-    return np.stack(xs), np.array(ys)
-
-
-def load_images(dataset, data_dir, image_size, split="train"):
-    """Returns x: float32 N x C x H x W in [-1, 1] and y: int64 labels."""
-    if dataset in ("mnist", "fashion-mnist"):
-        pre = "train" if split == "train" else "t10k"
-        x = read_idx(find_or_download(dataset, f"{pre}-images-idx3-ubyte.gz", data_dir), 0x803)[..., None]
-        y = read_idx(find_or_download(dataset, f"{pre}-labels-idx1-ubyte.gz", data_dir), 0x801)
-        if len(x) != len(y):
-            raise UserError(f"{dataset}: {len(x)} images but {len(y)} labels; delete the files and run again")
-    elif dataset == "cifar10":
-        x, y = load_cifar10(data_dir, split)
-    else:
-        x, y = load_image_folder(dataset, image_size)
-    x = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).float() / 127.5 - 1  # uint8 -> [-1, 1]
-    if x.shape[-1] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(-1, 1), torch.from_numpy(np.array(y, dtype=np.int64))
-
-
-# ----------------------------------------------------------------------------------------------
-# 3. Models. Both take the label y as a LongTensor of class indices; D returns a logit l, and
-#    D(x, y) = sigmoid(l) is the probability that x is real AND matches y.
-# ----------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------- 2. the models
 def mlp(n_in, width, n_out):
     return nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
                          nn.Linear(width, width), nn.ReLU(), nn.Linear(width, n_out))
 
+def dcgan_channels(size, width):  # start size and channels: 28 -> 7, [128, 64]
+    n = 3 if size == 64 else 2
+    return size // 2 ** n, [width * 2 ** (n - 1 - i) for i in range(n)]
 
-def dcgan_channels(size, width):
-    n_up = 3 if size == 64 else 2
-    return size // 2 ** n_up, [width * 2 ** (n_up - 1 - i) for i in range(n_up)]  # e.g. 7, [128, 64]
-
-
-def broadcast(e, h):
-    """A label embedding N x E as E constant feature maps the size of h: N x E x H x W."""
+def broadcast(e, h):  # a label embedding N x E as E constant feature maps the size of h
     return e[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
 
-
 class Generator(nn.Module):
-    """G(z, y). A learned embedding e(y) is joined to z at the input; for images it is also joined,
-    as constant extra channels, to the feature maps before every upsampling, so every layer knows y."""
-
+    """G(z, y): a learned embedding e(y) joined to z and, for images, to the feature maps before
+    every upsampling, so that every layer knows y."""
     def __init__(self, cfg, channels, n_classes):
         super().__init__()
-        self.embed, e = nn.Embedding(n_classes, cfg.emb_dim), cfg.emb_dim
-        self.toy = cfg.dataset in TOY_SETS
+        self.embed, e, self.toy = nn.Embedding(n_classes, cfg.emb_dim), cfg.emb_dim, channels == 2
         if self.toy:
             self.net = mlp(cfg.z_dim + e, cfg.width, 2)
             return
         s0, ch = dcgan_channels(cfg.image_size, cfg.width)
-        self.stem = nn.Sequential(nn.Linear(cfg.z_dim + e, ch[0] * s0 * s0, bias=False), nn.BatchNorm1d(ch[0] * s0 * s0),
-                                  nn.ReLU(), nn.Unflatten(1, (ch[0], s0, s0)))
-        self.ups = nn.ModuleList([nn.Sequential(nn.ConvTranspose2d(ch[i] + e, ch[i + 1], 4, 2, 1, bias=False),
-                                                nn.BatchNorm2d(ch[i + 1]), nn.ReLU()) for i in range(len(ch) - 1)])
+        self.stem = nn.Sequential(nn.Linear(cfg.z_dim + e, ch[0] * s0 * s0, bias=False),
+                                  nn.BatchNorm1d(ch[0] * s0 * s0), nn.ReLU(),
+                                  nn.Unflatten(1, (ch[0], s0, s0)))
+        self.ups = nn.ModuleList(nn.Sequential(
+            nn.ConvTranspose2d(ch[i] + e, ch[i + 1], 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ch[i + 1]), nn.ReLU()) for i in range(len(ch) - 1))
         self.ups.append(nn.Sequential(nn.ConvTranspose2d(ch[-1] + e, channels, 4, 2, 1), nn.Tanh()))
 
     def forward(self, z, y):
@@ -380,408 +95,448 @@ class Generator(nn.Module):
             h = up(torch.cat([h, broadcast(e, h)], 1))
         return h
 
-
 class Discriminator(nn.Module):
-    """D(x, y) = a logit. A feature extractor phi (MLP for 2-D; DCGAN strided convolutions for images)
-    and a linear head psi, conditioned one of two ways:
-      concat:     D(x, y) = psi(phi([x, e(y)]))        - y joined to the input (Mirza & Osindero);
-      projection: D(x, y) = psi(phi(x)) + e(y) . phi(x) - the idea (Miyato & Koyama): if log p(y|x) is
-                  a softmax over linear functions of phi(x), the log-ratio of the conditional densities
-                  log p_data(x, y) / p_G(x, y) splits into a y-free term psi(phi(x)) and an inner
-                  product of a class embedding with phi(x). D then checks the class by one dot product
-                  with the features it already has, instead of re-learning y from extra input channels."""
-
+    """D(x, y), a logit: features phi (an MLP, or DCGAN's strided convolutions), a linear head psi.
+    concat:     D(x, y) = psi(phi([x, e(y)]))           (Mirza & Osindero: y joins the input)
+    projection: D(x, y) = psi(phi(x)) + e(y) . phi(x)   (Miyato & Koyama). If the optimal logit,
+      log p_data(x, y) / p_G(x, y) (w = 0, above), has class posteriors that are a softmax of linear
+      functions of phi(x), it splits into a y-free term and this inner product: D checks the class
+      with one dot product on features it already has."""
     def __init__(self, cfg, channels, n_classes):
         super().__init__()
-        self.toy, self.cond = cfg.dataset in TOY_SETS, cfg.d_cond
+        self.toy, self.cond = channels == 2, cfg.d_cond
         e_in = cfg.emb_dim if self.cond == "concat" else 0
         if self.toy:
-            self.phi = nn.Sequential(nn.Linear(2 + e_in, cfg.width), nn.ReLU(), nn.Linear(cfg.width, cfg.width),
-                                     nn.ReLU(), nn.Linear(cfg.width, cfg.width), nn.ReLU())
-            n_feat = cfg.width
+            self.phi, n_feat = mlp(2 + e_in, cfg.width, cfg.width)[:-1], cfg.width
         else:
             s0, ch = dcgan_channels(cfg.image_size, cfg.width)
-            layers = [nn.Conv2d(channels + e_in, ch[-1], 4, 2, 1), nn.LeakyReLU(0.2)]  # no BatchNorm on the input layer
+            layers = [nn.Conv2d(channels + e_in, ch[-1], 4, 2, 1), nn.LeakyReLU(0.2)]
             for i in reversed(range(len(ch) - 1)):
-                layers += [nn.Conv2d(ch[i + 1], ch[i], 4, 2, 1, bias=False), nn.BatchNorm2d(ch[i]), nn.LeakyReLU(0.2)]
+                layers += [nn.Conv2d(ch[i + 1], ch[i], 4, 2, 1, bias=False), nn.BatchNorm2d(ch[i]),
+                           nn.LeakyReLU(0.2)]
             self.phi, n_feat = nn.Sequential(*layers, nn.Flatten()), ch[0] * s0 * s0
         self.psi = nn.Linear(n_feat, 1)
         self.embed = nn.Embedding(n_classes, cfg.emb_dim if self.cond == "concat" else n_feat)
-        nn.init.normal_(self.embed.weight, 0.0, self.embed.embedding_dim ** -0.5)  # e(y) . phi(x) starts O(1)
+        nn.init.normal_(self.embed.weight, 0.0, self.embed.embedding_dim ** -0.5)  # e(y).phi(x) ~ 1
 
     def forward(self, x, y):
         e = self.embed(y)
         if self.cond == "concat":
             return self.psi(self.phi(torch.cat([x, e if self.toy else broadcast(e, x)], 1)))
         phi = self.phi(x)
-        # projection discriminator: f(x, y) = psi(phi(x)) + e(y) . phi(x)
-        return self.psi(phi) + (e * phi).sum(1, keepdim=True)
-
+        return self.psi(phi) + (e * phi).sum(1, keepdim=True)  # psi(phi(x)) + e(y) . phi(x)
 
 def build_models(cfg, channels, n_classes):
     G, D = Generator(cfg, channels, n_classes), Discriminator(cfg, channels, n_classes)
-    if cfg.dataset not in TOY_SETS:
-        for m in list(G.modules()) + list(D.modules()):  # DCGAN init: weights ~ N(0, 0.02), BN scale ~ N(1, 0.02)
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                nn.init.normal_(m.weight, 1.0, 0.02), nn.init.zeros_(m.bias)
+    for m in [*G.modules(), *D.modules()] if channels != 2 else []:  # DCGAN's init for images
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d,
+                          nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0 if "Norm" in type(m).__name__ else 0.0, 0.02)
     return G, D
 
-
-# ----------------------------------------------------------------------------------------------
-# 4. The concept. D_match, D_mismatch, D_fake are D's LOGITS on the three kinds of pair; with
-#    D = sigmoid(l):  log D = -softplus(-l),  log(1 - D) = -softplus(l).
-# ----------------------------------------------------------------------------------------------
-def mismatched_labels(y, n_classes, generator=None):
-    """A wrong label for every sample, uniform over the other n_classes - 1 classes: adding an offset
-    in 1..K-1 modulo K can never give back y itself."""
-    offset = torch.randint(1, n_classes, y.shape, generator=generator).to(y.device)
-    return (y + offset) % n_classes
-
-
-def conditional_discriminator_loss(D_match, D_mismatch, D_fake, w):
-    # The three cases as binary cross-entropy, the two negative cases weighted w and 1 - w:
-    # L_D = -E[log D(x, y)] - w E[log(1 - D(x, y'))] - (1 - w) E[log(1 - D(G(z, y), y))]
-    #       real x, its own y       real x, a wrong y'           generated x, the y it was asked for
-    # w = 1/2 is Reed et al. (2016); w = 0 is the plain conditional GAN (D_mismatch is not needed).
-    # Keeping the negative weights summing to 1 balances positives and negatives as in the plain GAN.
-    loss = F.softplus(-D_match).mean() + (1 - w) * F.softplus(D_fake).mean()
-    if w > 0:
-        loss = loss + w * F.softplus(D_mismatch).mean()
-    return loss
-
-
-def generator_loss(D_fake):
-    # non-saturating: G minimises -E[log D(G(z, y), y)] - it must look real AND match y to score high
-    return F.softplus(-D_fake).mean()
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. Training: the GAN algorithm (fix G, train D; fix D, train G) on pairs (x, y).
-# ----------------------------------------------------------------------------------------------
-def train(cfg, device):
-    out = Path(cfg.out)
-    toy, K = cfg.dataset in TOY_SETS, len(cfg.classes)
+# ------------------------------------------------------------------------- 3. training
+def train(cfg):
+    device, toy, x_data = pick_device(cfg.device), cfg.dataset in TOY_SETS, None
+    check_options(cfg)
     if toy:
-        x_data, y_data, channels = None, None, 2
+        cfg.classes = [f"mode {k}" for k in range(len(toy_centres(cfg.dataset)[0]))]
     else:
-        x_data, y_data = load_images(cfg.dataset, cfg.data_dir, cfg.image_size)
-        channels = x_data.shape[1]
-        print(f"{cfg.dataset}: {len(x_data)} images of {channels}x{cfg.image_size}x{cfg.image_size}, {K} classes")
-    G, D = (m.to(device) for m in build_models(cfg, channels, K))
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    print(f"G: {sum(p.numel() for p in G.parameters()):,} parameters, D ({cfg.d_cond}): "
-          f"{sum(p.numel() for p in D.parameters()):,}; mismatch weight w = {cfg.mismatch_weight}")
-
-    def real_batch(m):
-        if toy:
-            x, y = sample_toy_labelled(cfg.dataset, m)
-            return x.to(device), y.to(device)
-        i = torch.randint(len(x_data), (m,))  # drawn with replacement, no epochs
-        return x_data[i].to(device), y_data[i].to(device)
-
+        x_data, y_data, names = load_data(cfg.dataset, cfg.data_dir, cfg.image_size)
+        x_data, y_data = x_data.to(device), y_data.to(device)
+        cfg.classes = CLASS_NAMES.get(cfg.dataset, names)
+    K, m, cfg.labels = len(cfg.classes), cfg.batch_size, chosen_labels(cfg)
+    G, D = (net.to(device) for net in build_models(cfg, 2 if toy else x_data.shape[1], K))
+    opt_G = torch.optim.Adam(G.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
+    opt_D = torch.optim.Adam(D.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
     parts = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}  # what a checkpoint holds
-    start, elapsed = 0, 0.0
-    if cfg.resume:
-        start, elapsed = load_checkpoint(out / "checkpoint.pt", cfg, parts)
-        print(f"resumed from {out / 'checkpoint.pt'} at step {start}")
-    start_log(out / "log.csv", start)
-    write_atomic(out / "config.json", lambda f: f.write(json.dumps(vars(cfg), indent=1)), mode="w")
-    # Fixed noise for the figures (own generator: figures compare across steps, resuming changes nothing).
-    z_fixed = torch.randn(10 if not toy else 1200, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
-    t0, t_last, last_logged = time.time() - elapsed, time.time(), start
-    for step in range(start + 1, cfg.steps + 1):
-        lr = cfg.lr * (1 - (step - 1) / cfg.steps if cfg.lr_decay == "linear" else 1)
-        for opt in (opt_G, opt_D):
-            for group in opt.param_groups:
-                group["lr"] = lr
-        # 1. For k steps: sample m labelled examples (x, y) ~ P_data, a wrong label y' != y for each,
-        #    and m noise vectors z; update D on the three cases. G is held fixed.
+    step, clock = start_run(cfg, parts)
+    for step in range(step + 1, cfg.steps + 1):
+        for group in [*opt_G.param_groups, *opt_D.param_groups]:  # linear decay: a function of step
+            group["lr"] = cfg.lr * ((1 - (step - 1) / cfg.steps) if cfg.lr_decay == "linear" else 1)
+        # 1. k times: sample m labelled examples (x, y) ~ P_data, a wrong label y' for each and m
+        #    noises z; update D on the three cases with G fixed.
         for _ in range(cfg.d_steps):
-            x_real, y = real_batch(cfg.batch_size)
+            if toy:
+                x, y = (t.to(device) for t in sample_toy_labelled(cfg.dataset, m))
+            else:
+                i = torch.randint(len(x_data), (m,), device=device)
+                x, y = x_data[i].float() / 127.5 - 1, y_data[i]  # as batch_of, with the labels
             y_wrong = mismatched_labels(y, K)
             with torch.no_grad():
-                x_fake = G(torch.randn(cfg.batch_size, cfg.z_dim, device=device), y)
-            D_match, D_fake = D(x_real, y), D(x_fake, y)
-            D_mismatch = D(x_real, y_wrong) if cfg.mismatch_weight > 0 else None
-            loss_D = conditional_discriminator_loss(D_match, D_mismatch, D_fake, cfg.mismatch_weight)
-            opt_D.zero_grad(set_to_none=True)
+                x_fake = G(torch.randn(m, cfg.z_dim, device=device), y)
+            logit_match, logit_mismatch, logit_fake = D(x, y), D(x, y_wrong), D(x_fake, y)
+            loss_D = conditional_discriminator_loss(logit_match, logit_mismatch, logit_fake,
+                                                    cfg.mismatch_weight)
+            opt_D.zero_grad()
             loss_D.backward()
             opt_D.step()
-        # 2. Sample m labels y ~ U{0..K-1} and noise z, update G to make D(G(z, y), y) say "real and
-        #    matching". D is held fixed and carries over to the next round (never re-initialised).
-        y_G = torch.randint(K, (cfg.batch_size,), device=device)
-        loss_G = generator_loss(D(G(torch.randn(cfg.batch_size, cfg.z_dim, device=device), y_G), y_G))
-        opt_G.zero_grad(set_to_none=True)
+        # 2. Update G with D fixed, on m new noises and the same data labels y (one rule for both
+        #    steps: y follows the data's class frequencies).
+        loss_G = generator_loss(D(G(torch.randn(m, cfg.z_dim, device=device), y), y))
+        opt_G.zero_grad()
         loss_G.backward()
         opt_G.step()
-
-        if not (torch.isfinite(loss_D) and torch.isfinite(loss_G)):
-            raise UserError(f"a loss became NaN/inf at step {step}; the last good checkpoint is kept in "
-                            f"{out / 'checkpoint.pt'}; try a lower --lr (now {cfg.lr})")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            now = time.time()
-            rate, t_last, last_logged = (step - last_logged) / max(now - t_last, 1e-9), now, step
-            with torch.no_grad():
-                D_mismatch = D(x_real, y_wrong)  # also logged when w = 0: does D check y on its own?
-            row = {"step": step, "loss_D": loss_D.item(), "loss_G": loss_G.item(),
-                   "D_match": torch.sigmoid(D_match).mean().item(), "D_mismatch": torch.sigmoid(D_mismatch).mean().item(),
-                   "D_fake": torch.sigmoid(D_fake).mean().item(), "lr": lr, "seconds": now - t0}
-            if toy:  # conditional quality as training goes
-                x_e, y_e = generate(G, cfg, list(range(K)), 100, device, seed=7)
-                row["on_target"] = conditional_mode_metrics(x_e, y_e, cfg.dataset)["on_target"]
-            append_log(out / "log.csv", row)
-            print(f"step {step}/{cfg.steps}  loss_D {row['loss_D']:.3f}  loss_G {row['loss_G']:.3f}  D(x,y) "
-                  f"{row['D_match']:.2f}  D(x,y') {row['D_mismatch']:.2f}  D(G(z,y),y) {row['D_fake']:.2f}"
-                  + (f"  on target {100 * row['on_target']:.1f}%" if toy else "")
-                  + f"  {rate:.1f} steps/s  left {fmt_time((cfg.steps - step) / max(rate, 1e-9))}", flush=True)
+        # 3. Watch the three cases, all from the D before this step's update.
+        extra = {"on_target": conditional_mode_metrics(*generate(G, cfg, range(K), 50), cfg.dataset)
+                 ["on_target"]} if toy and (step % cfg.log_every == 0 or step == cfg.steps) else {}
+        D_match, D_mismatch, D_fake = (torch.sigmoid(logit).mean() for logit in
+                                       (logit_match, logit_mismatch, logit_fake))
+        log_step(cfg, clock, step, loss_D=loss_D, loss_G=loss_G, D_match=D_match,
+                 D_mismatch=D_mismatch, D_fake=D_fake, **extra)
         if step % cfg.sample_every == 0 or step == cfg.steps:
-            save_samples_figure(out / f"samples_{step}.png", cfg, G, D, z_fixed, device)
-            save_checkpoint(out / "checkpoint.pt", cfg, parts, step, time.time() - t0)
-    plot_losses(out / "log.csv", out / "losses.png")
-    return G, D
+            plot_samples(cfg, step, G, D)
+            save_checkpoint(cfg, parts, step)
+    return G
 
+def check_options(cfg):
+    if cfg.dataset == "swissroll":
+        raise SystemExit(f"{PROG}: error: swissroll has no classes: use 8gaussians or 25gaussians")
+    if not 0 <= cfg.mismatch_weight <= 1 or cfg.lr_decay not in ("linear", "none"):
+        raise SystemExit(f"{PROG}: error: --mismatch-weight takes [0, 1] and --lr-decay linear "
+                         f"or none, not {cfg.mismatch_weight} and {cfg.lr_decay}")
+    if cfg.dataset not in TOY_SETS and cfg.image_size not in (28, 32, 64):
+        raise SystemExit(f"{PROG}: error: --image-size {cfg.image_size}: DCGAN takes 28, 32, 64")
+
+def chosen_labels(cfg):
+    """--labels as class indices, every class by default; at least two classes are needed."""
+    K = len(cfg.classes)
+    if K < 2:
+        raise SystemExit(f"{PROG}: error: {cfg.dataset} has {K} class; put each class's images in "
+                         "a sub-folder of its own")
+    labels = cfg.labels if isinstance(cfg.labels, list) else cfg.labels.split(",") if cfg.labels \
+        else range(K)
+    if not all(str(k).isdigit() and int(k) < K for k in labels):
+        raise SystemExit(f"{PROG}: error: --labels takes class indices from 0 to {K - 1}, such as "
+                         f"0,3,7, not {cfg.labels!r}")
+    return [int(k) for k in labels]
 
 @torch.no_grad()
-def generate(G, cfg, labels, n_per_class, device, seed):
-    """n_per_class samples of each class in labels, from their own noise generator (no training RNG used).
-    The same noise is reused for every class, so column j of a class grid shares z_j."""
-    was_training = G.training
+def generate(G, cfg, labels, n_per_class, seed=1):
+    """n_per_class samples of each label, from noise of their own; the same z for every class, so
+    column j of the class grid shares z_j."""
     G.eval()
-    z = torch.randn(n_per_class, cfg.z_dim, generator=torch.Generator().manual_seed(seed))
-    xs, ys = [], []
-    for k in labels:
-        y = torch.full((n_per_class,), k, dtype=torch.long)
-        xs += [G(zb.to(device), yb.to(device)).float().cpu() for zb, yb in zip(z.split(500), y.split(500))]
-        ys.append(y)
-    G.train(was_training)
-    return torch.cat(xs), torch.cat(ys)
+    z = torch.randn(n_per_class, cfg.z_dim, 
+                    generator=torch.Generator().manual_seed(cfg.seed + seed))
+    z, device = z.to(next(G.parameters()).device), next(G.parameters()).device
+    x = torch.cat([G(z, torch.full((n_per_class,), k, device=device)).cpu() for k in labels])
+    G.train()
+    return x, torch.tensor(list(labels)).repeat_interleave(n_per_class)
 
+# ------------------------------------------------------------------------- 4. toy sets, figures
+TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
 
-# ----------------------------------------------------------------------------------------------
-# 6. Evaluation, figures, export.
-# ----------------------------------------------------------------------------------------------
-def mode_metrics(x, dataset):
-    """Modes captured and high-quality %, the VEEGAN / PacGAN definition: a sample is high quality if it
-    lies within 3 std of its nearest mode; a mode is captured if it is nearest to >= 1 such sample."""
-    centres, std = toy_centres(dataset)
-    dist, nearest = torch.cdist(torch.as_tensor(x, dtype=torch.float32), centres).min(1)
-    good = dist < 3 * std
-    return {"modes": int(nearest[good].unique().numel()), "of": len(centres), "high_quality": good.float().mean().item()}
+def sample_toy_labelled(name, n, generator=None):
+    """Points of a mixture and their labels: y ~ U{0..K-1}, x = centre_y + std * N(0, I)."""
+    centres, std = toy_centres(name)
+    y = torch.randint(len(centres), (n,), generator=generator)
+    return centres[y] + std * torch.randn(n, 2, generator=generator), y
 
-
-def conditional_mode_metrics(x, y, dataset):
-    """on_target: share of samples within 3 std of the mode they were ASKED for (y); nearest_is_asked:
-    share whose nearest mode is the asked one; plus the unconditional modes / high-quality figures."""
-    centres, std = toy_centres(dataset)
-    x = torch.as_tensor(x, dtype=torch.float32)
-    y = torch.as_tensor(y, dtype=torch.long)
+def conditional_mode_metrics(x, y, name):
+    """on_target: the share of samples within 3 std of the mode they were asked for; with the
+    unconditional modes and high-quality share, how often the nearest mode is the asked one, and
+    the worst class's on_target."""
+    centres, std = toy_centres(name)
+    x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
     on_target = (x - centres[y]).norm(dim=1) < 3 * std
-    nearest = torch.cdist(x, centres).argmin(1)
-    per_class = [on_target[y == k].float().mean().item() for k in y.unique()]
-    return {**mode_metrics(x, dataset), "on_target": on_target.float().mean().item(),
-            "nearest_is_asked": (nearest == y).float().mean().item(), "worst_class_on_target": min(per_class)}
+    nearest_is_asked = (torch.cdist(x, centres).argmin(1) == y).float().mean().item()
+    return {**mode_metrics(x, name), "on_target": on_target.float().mean().item(),
+            "nearest_is_asked": nearest_is_asked,
+            "worst_class_on_target": min(on_target[y == k].float().mean().item()
+                                         for k in y.unique())}
 
-
-@torch.no_grad()
-def save_samples_figure(path, cfg, G, D, z_fixed, device):
-    from matplotlib.figure import Figure
-    G.eval(), D.eval()
+def plot_samples(cfg, step, G, D):
+    """2-D: G(z, y) coloured by the asked y over the data, and D(x, y = 0) over the plane (a
+    matching-aware D accepts mode 0 only). Images: one row per class, the same z in each column."""
+    labels = cfg.labels
     if cfg.dataset in TOY_SETS:
-        # Left: generated points coloured by the label they were asked for, over the real data (grey),
-        # with each mode's index. Right: D(x, y = 0) over the plane - a matching-aware D accepts only
-        # the neighbourhood of mode 0, not every real mode.
-        fig = Figure(figsize=(11, 5))
-        centres, _ = toy_centres(cfg.dataset)
-        n_per = len(z_fixed) // len(cfg.labels)
-        y = torch.tensor(cfg.labels).repeat_interleave(n_per)
-        x_fake = G(z_fixed[:len(y)].to(device), y.to(device)).float().cpu()
-        x_real, y_real = sample_toy_labelled(cfg.dataset, 1000, torch.Generator().manual_seed(cfg.seed + 2))
-        lim = 2.0
-        ax = fig.add_subplot(1, 2, 1)
-        ax.scatter(*x_real.numpy().T, s=30, c="lightgray", label="real")
-        ax.scatter(*x_fake.numpy().T, s=2, c=y.numpy() % 10, cmap="tab10", vmin=0, vmax=9, label="G(z, y), colour = y")
-        for k, c in enumerate(centres):
-            ax.annotate(str(k), c.numpy(), xytext=(6, 6), textcoords="offset points", fontsize=7)
-        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=f"{cfg.dataset}, step {path.stem[8:]}")
-        ax.legend(loc="lower right", fontsize=7)
-        ax = fig.add_subplot(1, 2, 2)
-        g = torch.linspace(-lim, lim, 150)
-        xx, yy = torch.meshgrid(g, g, indexing="xy")
-        grid = torch.stack([xx.flatten(), yy.flatten()], 1).to(device)
-        D_grid = torch.sigmoid(D(grid, torch.zeros(len(grid), dtype=torch.long, device=device))).cpu().view(150, 150)
-        cs = ax.contourf(xx.numpy(), yy.numpy(), D_grid.numpy(), levels=20, cmap="RdBu_r", vmin=0, vmax=1, alpha=0.8)
-        fig.colorbar(cs, ax=ax, label="D(x, y=0)", fraction=0.046)
-        ax.scatter(*x_real[y_real != 0].numpy().T, s=3, c="k", label="real, other modes")
-        ax.scatter(*x_real[y_real == 0].numpy().T, s=3, c="yellow", label="real, mode 0")
-        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title="D(x, y = 0): real AND mode 0?")
-        ax.legend(loc="lower right", fontsize=7)
+        fig, K = figure(f"{cfg.dataset}, step {step}", 1, 2), len(cfg.classes)
+        (x_fake, y), (x_real, y_real) = generate(G, cfg, labels, 1200 // len(labels)), \
+            sample_toy_labelled(cfg.dataset, 1000, torch.Generator().manual_seed(cfg.seed + 2))
+        ax, colours = fig.axes[0], dict(c=y, cmap="turbo", vmin=-0.5, vmax=K - 0.5)  # K colours
+        ax.scatter(*x_real.T.numpy(), s=30, c="lightgray", label="data")
+        ax.scatter(*x_fake.T.numpy(), s=2, **colours, label="G(z, y), colour = y")
+        for k, c in enumerate(toy_centres(cfg.dataset)[0]):
+            ax.annotate(str(k), c.numpy(), xytext=(5, 5), textcoords="offset points", fontsize=7)
+        g = torch.linspace(-2, 2, 150)
+        grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
+        device = next(D.parameters()).device
+        with torch.no_grad():
+            y0 = torch.zeros(len(grid), dtype=torch.long, device=device)
+            D_grid = torch.sigmoid(D(grid.to(device), y0)).view(150, 150).cpu().numpy()
+        fig.colorbar(fig.axes[1].contourf(g.numpy(), g.numpy(), D_grid, levels=20, cmap="RdBu_r",
+                                          vmin=0, vmax=1), ax=fig.axes[1], label="D(x, y = 0)")
+        fig.axes[1].scatter(*x_real[y_real != 0].T.numpy(), s=3, c="k", label="data, other modes")
+        fig.axes[1].scatter(*x_real[y_real == 0].T.numpy(), s=3, c="yellow", label="data, mode 0")
+        for ax in fig.axes[:2]:
+            ax.set(xlim=(-2, 2), ylim=(-2, 2), aspect="equal")
+            ax.legend(loc="lower right", fontsize=7)
     else:
-        # One row per class, the same noise z_j in column j of every row: rows change the class,
-        # columns change the style.
-        x_fake = torch.cat([G(z_fixed.to(device), torch.full((len(z_fixed),), k, device=device)).float().cpu()
-                            for k in cfg.labels])
-        fig = Figure(figsize=(6, 0.6 * len(cfg.labels) + 0.8))
-        ax = fig.add_subplot()
-        ax.imshow(image_grid(x_fake, len(z_fixed)), cmap="gray" if x_fake.shape[1] == 1 else None)
+        x_fake, _ = generate(G, cfg, labels, 10)
+        fig = figure(f"{cfg.dataset}, step {step}: row = class y, column = noise z")
+        fig.set_size_inches(6, 0.6 * len(labels) + 1)
+        fig.axes[0].imshow(image_grid(x_fake, 10), cmap="gray")
         h = x_fake.shape[2] + 2
-        ax.set_yticks([h * (i + 0.5) for i in range(len(cfg.labels))], [cfg.classes[k] or "(top)" for k in cfg.labels], fontsize=8)
-        ax.set_xticks([])
-        ax.set_title(f"{cfg.dataset}, step {path.stem[8:]}: row = class y, column = noise z")
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
-    G.train(), D.train()
+        fig.axes[0].set(xticks=[], yticks=[h * (i + 0.5) for i in range(len(labels))],
+                        yticklabels=[cfg.classes[k] or "(top)" for k in labels])
+    save_figure(fig, Path(cfg.out) / f"samples_{step}.png")
 
+def toy_centres(name):
+    """WGAN-GP's mixtures: 8 centres at radius 2, angles k * 45 degrees, std 0.02, all / 1.414;
+    or the grid {-4, -2, 0, 2, 4}^2, std 0.05, all / 2.828."""
+    if name == "8gaussians":
+        k = torch.arange(8) * (2 * math.pi / 8)
+        return torch.stack([2 * torch.cos(k), 2 * torch.sin(k)], 1) / 1.414, 0.02 / 1.414
+    g = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+    return torch.cartesian_prod(g, g) / 2.828, 0.05 / 2.828
 
-def image_grid(x, ncol):
-    """N x C x H x W in [-1, 1] -> one uint8 H' x W' (x C) picture."""
-    x = to_uint8(x)
-    n, h, w, c = x.shape
-    rows = math.ceil(n / ncol)
-    grid = np.full((rows * (h + 2), ncol * (w + 2), c), 255, np.uint8)
-    for i in range(n):
-        r, k = divmod(i, ncol)
-        grid[r * (h + 2) + 1: r * (h + 2) + 1 + h, k * (w + 2) + 1: k * (w + 2) + 1 + w] = x[i]
-    return grid[..., 0] if c == 1 else grid
+def mode_metrics(x, name):
+    """VEEGAN's measure: a sample is of high quality within 3 std of its nearest mode; a mode is
+    captured when it is the nearest mode of at least one such sample."""
+    centres, std = toy_centres(name)
+    dist, nearest = torch.cdist(torch.as_tensor(x, dtype=torch.float32), centres).min(1)
+    return {"modes": nearest[dist < 3 * std].unique().numel(), "of": len(centres),
+            "high_quality": (dist < 3 * std).float().mean().item()}
 
+def plot_log(out):  # losses.png: one panel per column of log.csv
+    cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
+    names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
+    fig = figure(f"{out}/log.csv", 1, len(names))
+    for ax, name in zip(fig.axes, names):
+        ax.plot(cols["step"], cols[name]), ax.set(title=name, xlabel="step")
+    save_figure(fig, Path(out) / "losses.png")
 
-def to_uint8(x):
-    """[-1, 1] float N x C x H x W -> uint8 N x H x W x C in 0..255."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def plot_losses(csv_path, png_path):
+def figure(title, rows=1, cols=1):
     from matplotlib.figure import Figure
-    if not csv_path.exists():
-        return
-    cols = np.genfromtxt(csv_path, delimiter=",", names=True, ndmin=1)
-    fig = Figure(figsize=(10, 3.5))
-    groups = [(["loss_D", "loss_G"], "loss"), (["D_match", "D_mismatch", "D_fake"], "mean D output")]
-    if "on_target" in cols.dtype.names:
-        groups.append((["on_target"], "share on the asked mode"))
-    labels = {"D_match": "D(x, y)", "D_mismatch": "D(x, y')", "D_fake": "D(G(z, y), y)"}
-    for i, (names, title) in enumerate(groups):
-        ax = fig.add_subplot(1, len(groups), i + 1)
-        for n in names:
-            ax.plot(cols["step"], cols[n], label=labels.get(n, n))
-        ax.set(xlabel="step", title=title)
-        ax.legend()
-    fig.tight_layout()
-    write_atomic(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
+    fig = Figure(figsize=(4.5 * cols + 1, 4 * rows), layout="constrained")
+    fig.subplots(rows, cols), fig.suptitle(title)
+    return fig
 
+def save_figure(fig, path):
+    fig.savefig(buffer := io.BytesIO(), format="png", dpi=90)
+    write_atomic(path, buffer.getvalue())
 
-# --- scaffolding: logging, checkpoints, files (identical in every script; skip on first read) ---
-def fmt_time(s):
-    return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
+def image_grid(x, ncol):  # N x C x H x W in [-1, 1] -> one uint8 picture, ncol images a row
+    x = F.pad(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2), (1, 1, 1, 1), value=255)
+    (n, c, h, w), rows = x.shape, math.ceil(len(x) / ncol)
+    x = torch.cat([x, torch.full((rows * ncol - n, c, h, w), 255, dtype=torch.uint8)])
+    return x.view(rows, ncol, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, ncol * w, c).numpy()
 
+CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                 "Shirt", "Sneaker", "Bag", "Ankle boot"],
+               "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                           "ship", "truck"]}
 
-def write_atomic(path, write, mode="wb"):
-    """Write to a temporary file, then rename: an interrupted write never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, mode) as f:
-        write(f)
-    os.replace(tmp, path)
+PROG, ARCH = "cgan.py", ("z_dim", "emb_dim", "width", "d_cond", "classes")  # checkpoints must match
+OPTIONS = [  # this script's options, written as COMMON's below
+    ("--dataset", "8gaussians", "8gaussians or 25gaussians (label = mode), mnist, fashion-mnist, "
+     "cifar10, or a folder of images with one sub-folder per class"),
+    ("--steps", (3000, 2000), "generator updates"),
+    ("--batch-size", (256, 64), "minibatch size m"),
+    ("--lr", 2e-4, "Adam's learning rate for G and D (DCGAN's)"),
+    ("--beta1", 0.5, "Adam's beta1 (DCGAN's)"),
+    ("--lr-decay", ("linear", "none"), "linear: the rate falls to 0 at the last step; or none"),
+    ("--d-cond", ["projection", "concat"], "D(x, y) = psi(phi(x)) + e(y).phi(x), or y joined to x"),
+    ("--mismatch-weight", 0.5, "w in [0, 1], weight of (real x, wrong y') in L_D; 0: plain cGAN"),
+    ("--d-steps", 1, "k, D updates per G update"),
+    ("--z-dim", (2, 100), "dimension of the noise z"),
+    ("--emb-dim", 16, "size of the label embeddings e(y) in G and in the concat D"),
+    ("--width", (256, 64), "hidden units of the MLPs (2-D) or DCGAN's base channels (images)"),
+    ("--labels", "", "comma-separated classes to draw and export, e.g. 0,3,7; empty: all"),
+    ("--num-samples", (2400, 1000), "samples written to samples.npz, as many for each class")]
 
+# --- plumbing: the same in every script; skip on first read ---
+COMMON = [  # flag, default, help; a default (a, b) is a for 2-D data, b for images; a list: choices
+    ("--dataset", "8gaussians", "a 2-D toy set, mnist, fashion-mnist, cifar10 or an image folder"),
+    ("--data-dir", "./data", "where datasets are found, or downloaded to"),
+    ("--out", "", "the run's folder; empty: runs/<script>-<dataset>"),
+    ("--image-size", 0, "pixels; 0: 28 for (fashion-)mnist, 32 for cifar10, 64 for a folder"),
+    ("--seed", 0, "random seed; on a CPU the same seed gives the same numbers"),
+    ("--device", ["auto", "cpu", "cuda", "mps"], "auto takes cuda, else mps, else cpu"),
+    ("--log-every", 100, "steps between progress lines and log.csv rows"),
+    ("--sample-every", 1000, "steps between sample figures and checkpoints"),
+    ("--num-samples", (2500, 1000), "samples written to samples.npz at the end"),
+    ("--resume", False, "continue the run in --out from its checkpoint"),
+    ("--overwrite", False, "start again even if --out holds a run")]
+IMAGE_FILES = (".png", ".jpg", ".jpeg")
+MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz"]
+SOURCES = {  # dataset: (where its files are published, {file: MD5})
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", dict(zip(MNIST, [
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"]))),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", dict(zip(
+        MNIST, ["8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/",
+                {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"})}
 
-def start_log(path, step):
-    """Keep the log rows up to the checkpoint's step (all of them are dropped for a fresh run)."""
-    if path.exists() and step == 0:
-        path.unlink()
-    elif path.exists():
-        lines = path.read_text().splitlines(keepends=True)
-        keep = lines[:1] + [r for r in lines[1:] if float(r.split(",")[0]) <= step]
-        write_atomic(path, lambda f: f.write("".join(keep)), mode="w")
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return int(text)
 
+def parse_options(argv):
+    p = argparse.ArgumentParser(PROG, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, default, text in {row[0]: row for row in COMMON + OPTIONS}.values():  # OPTIONS win
+        d = default[0] if type(default) in (list, tuple) else default
+        shown = f"{d} for 2-D data, {default[1]} for images" if type(default) is tuple else d
+        if d is False:
+            p.add_argument(flag, action="store_true", help=text)
+            continue
+        p.add_argument(flag, default=default if type(default) is tuple else d,
+                       help=text if shown == "" else f"{text} (default: {shown})",
+                       choices=default if type(default) is list else None,
+                       type=positive if type(d) is int and d > 0 else type(d))
+    cfg = p.parse_args(argv)
+    for key, value in vars(cfg).items():  # a pair of defaults: the first for 2-D data
+        setattr(cfg, key, value[cfg.dataset not in TOY_SETS] if type(value) is tuple else value)
+    sizes = {"mnist": 28, "fashion-mnist": 28, "cifar10": 32}
+    cfg.image_size = cfg.image_size or sizes.get(cfg.dataset.split(":")[0], 64)
+    run = getattr(cfg, "experiment", "train")
+    cfg.out = cfg.out or f"runs/{PROG[:-3]}-{Path(cfg.dataset).name if run == 'train' else run}"
+    return cfg
 
-def append_log(path, row):
-    new = not path.exists()
-    with open(path, "a") as f:
-        f.write((",".join(row) + "\n" if new else "") + ",".join(f"{v:.6g}" for v in row.values()) + "\n")
-
-
-ARCH_KEYS = ("dataset", "image_size", "z_dim", "emb_dim", "width", "d_cond", "classes")  # must match to resume
-
-
-def save_checkpoint(path, cfg, parts, step, elapsed):
-    """parts: name -> model or optimizer; each one's state_dict is saved under its name."""
-    state = {"script": SCRIPT, "config": vars(cfg), "step": step, "elapsed": elapsed,
-             **{name: part.state_dict() for name, part in parts.items()},
-             "rng_cpu": torch.get_rng_state(),
-             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    write_atomic(path, lambda f: torch.save(state, f))
-
-
-def load_checkpoint(path, cfg, parts):
-    if not path.exists():
-        raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start")
+def fetch(name, file, data_dir):
+    """<data-dir>/<name>/<file>, else Debian's copy, else a download checked against its MD5."""
+    path, url = Path(data_dir, name, file), SOURCES[name][0] + file
+    for found in (path, Path("/usr/share/datasets", name, file)):
+        if found.is_file():
+            return found
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} cannot be loaded ({type(e).__name__}); it is corrupt or not a checkpoint")
-    if not isinstance(state, dict) or state.get("script") != SCRIPT:
-        raise UserError(f"{path} was not written by {SCRIPT}.py (it says {state.get('script') if isinstance(state, dict) else '?'})")
-    diff = [k for k in ARCH_KEYS if state["config"].get(k) != getattr(cfg, k)]
-    if diff:
-        raise UserError(f"{path} was trained with another configuration (" + ", ".join(
-            f"--{k.replace('_', '-')} {state['config'].get(k)} vs {getattr(cfg, k)}" for k in diff) + ")")
-    if any(name not in state for name in parts):
-        raise UserError(f"{path} lacks parts this run needs ({', '.join(n for n in parts if n not in state)})")
-    for name, part in parts.items():
-        part.load_state_dict(state[name])
-    torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return state["step"], state["elapsed"]
+        print(f"downloading {url}", file=sys.stderr, flush=True)
+        data = urllib.request.urlopen(url, timeout=60).read()
+    except OSError as e:
+        raise SystemExit(f"{PROG}: error: cannot download {url} ({getattr(e, 'reason', e)}); "
+                         f"with no network, put {file} in {path.parent.resolve()}/") from None
+    if hashlib.md5(data).hexdigest() != SOURCES[name][1][file]:
+        raise SystemExit(f"{PROG}: error: {url} fails its MD5 check (nothing was saved); try again")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    return path
 
+def load_data(name, data_dir, size, split="train"):
+    """x: uint8 images N x C x size x size, y: int64 labels, and the class names."""
+    files, arrays, names = [], [], [str(c) for c in range(10)]
+    try:
+        if name in ("mnist", "fashion-mnist"):  # IDX: 0 0 8 ndim, ndim big-endian uint32s, bytes
+            for ndim, f in zip((3, 1), MNIST[:2] if split == "train" else MNIST[2:]):
+                files.append(fetch(name, f, data_dir))
+                b = gzip.decompress(files[-1].read_bytes())
+                if b[:4] != bytes([0, 0, 8, ndim]):
+                    raise ValueError(f"{files[-1]} is not an IDX file of {ndim} dimensions")
+                dims = [int.from_bytes(b[4 * i + 4:4 * i + 8], "big") for i in range(ndim)]
+                arrays.append(np.frombuffer(b, np.uint8, offset=4 + 4 * ndim).reshape(dims))
+            x, y = arrays[0][:, None], arrays[1]
+        elif name == "cifar10":  # the binary version: records of a label byte + 3 x 32 x 32 bytes
+            files = [fetch(name, "cifar-10-binary.tar.gz", data_dir)]
+            parts = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+            with tarfile.open(files[0]) as tar:
+                b = b"".join(tar.extractfile(f"cifar-10-batches-bin/{f}.bin").read() for f in parts)
+            records = np.frombuffer(b, np.uint8).reshape(-1, 3073)
+            x, y = records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0]
+        elif Path(name).is_dir():  # every png/jpg below, centre-cropped square; sub-folder = class
+            from PIL import Image, ImageOps
+            files = sorted(p for p in Path(name).rglob("*") if p.suffix.lower() in IMAGE_FILES)
+            labels = [p.relative_to(name).parts[0] if p.parent != Path(name) else "" for p in files]
+            names = sorted(set(labels))
+            x = [np.asarray(ImageOps.fit(Image.open(p).convert("RGB"), (size,) * 2)) for p in files]
+            x, y = np.stack(x).transpose(0, 3, 1, 2), [names.index(c) for c in labels]
+        else:
+            raise SystemExit(f"{PROG}: error: unknown dataset '{name}': choose one of " + ", ".join(
+                TOY_SETS) + ", mnist, fashion-mnist, cifar10, or a folder of images")
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+    except (OSError, EOFError, ValueError, KeyError, AttributeError, tarfile.TarError, zlib.error) \
+            as e:  # a truncated, corrupt or foreign file
+        raise SystemExit(f"{PROG}: error: no .png or .jpg images below {name}" if not files else
+                         f"{PROG}: error: cannot read {name} ({e}); delete the bad file") from None
+    x = torch.from_numpy(np.array(x))
+    if x.shape[-1] != size:  # resized once, kept as uint8
+        x = F.interpolate(x.float(), (size, size), mode="bilinear", antialias=True)
+        x = x.round().clamp(0, 255).byte()
+    return x, torch.tensor(np.array(y, dtype=np.int64)), names
+
+def batch_of(x, m):  # m images drawn with replacement, scaled to [-1, 1]
+    return x[torch.randint(len(x), (m,), device=x.device)].float() / 127.5 - 1
+
+def to_uint8(x):  # [-1, 1] floats N x C x H x W -> uint8 N x H x W x C, as numpy
+    return ((x.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 def pick_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available() or name == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name} was asked for but is not available here; use --device auto or cpu")
-    return name
+    have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name != "cpu" and not have.get(name, True):
+        raise SystemExit(f"{PROG}: error: --device {name} is not available here; use auto or cpu")
+    return name if name != "auto" else next((d for d in have if have[d]), "cpu")
 
+def start_run(cfg, parts):
+    """Refuse to overwrite a run; with --resume load parts, step and RNG state from the checkpoint,
+    unless another script or other --dataset, --image-size or ARCH options wrote it."""
+    out, step = Path(cfg.out), 0
+    if not (cfg.resume or cfg.overwrite) and (out / "log.csv").exists():
+        raise SystemExit(f"{PROG}: error: {out} holds a run: add --resume to continue it, "
+                         "--overwrite to start again, or choose another --out")
+    if cfg.resume:
+        try:
+            state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+            diff = [f"--{k.replace('_', '-')} {state['options'][k]}, not {vars(cfg)[k]}" for k in
+                    ("dataset", "image_size", *ARCH) if state["options"][k] != vars(cfg)[k]]
+        except Exception as e:  # missing, truncated, or not a checkpoint
+            raise SystemExit(f"{PROG}: error: cannot resume from {out}/checkpoint.pt: {e}") from e
+        if state["script"] != PROG or diff:
+            raise SystemExit(f"{PROG}: error: {out}/checkpoint.pt is from {state['script']}"
+                             + " with " * bool(diff) + "; ".join(diff) + "; choose another --out")
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        torch.set_rng_state(state["rng"])
+        step = state["step"]
+    out.mkdir(parents=True, exist_ok=True)
+    rows = (out / "log.csv").read_text().splitlines(True) if step else []  # rows up to step
+    write_atomic(out / "log.csv", "".join(r for r in rows if not r[0].isdigit()
+                                          or int(r.split(",")[0]) <= step))
+    write_atomic(out / "config.json", json.dumps(vars(cfg), indent=1))
+    return step, (time.time(), step)
 
-def prepare_out(cfg):
-    """A new run never overwrites an old one by accident."""
-    out = Path(cfg.out)
-    if cfg.resume or cfg.overwrite or cfg.experiment != "train":
-        return
-    if (out / "checkpoint.pt").exists() or (out / "log.csv").exists():
-        raise UserError(f"{out} already holds a run: pass --resume to continue it, --overwrite to start it "
-                        "again, or --out to choose another folder")
+def save_checkpoint(cfg, parts, step):
+    state = {"script": PROG, "options": vars(cfg), "step": step, "rng": torch.get_rng_state()}
+    torch.save({**state, **{k: part.state_dict() for k, part in parts.items()}}, b := io.BytesIO())
+    write_atomic(Path(cfg.out) / "checkpoint.pt", b.getvalue())
 
+def log_step(cfg, clock, step, **values):
+    """Stop at NaN or inf (the last checkpoint stays); every --log-every steps a row and a line."""
+    values = {k: v.item() if torch.is_tensor(v) else float(v) for k, v in values.items()}
+    if not all(map(math.isfinite, values.values())):
+        raise SystemExit(f"{PROG}: error: a loss is NaN or inf at step {step}; {cfg.out}/checkpoint"
+                         f".pt holds the last good state: --resume with a lower --lr than {cfg.lr}")
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        seconds, path = time.time() - clock[0], Path(cfg.out) / "log.csv"
+        with open(path, "a") as f:  # the header first, then a row per call
+            f.write(f"step,{','.join(values)},seconds\n" * (path.stat().st_size == 0)
+                    + ",".join(f"{v:.6g}" for v in (step, *values.values(), seconds)) + "\n")
+        rate, left = (step - clock[1]) / seconds, (cfg.steps - step) * seconds / (step - clock[1])
+        print(f"step {step}/{cfg.steps}  " + "  ".join(f"{k} {v:.3f}" for k, v in values.items())
+              + f"  {rate:.1f} steps/s, {left // 60:.0f}:{left % 60:02.0f} left", flush=True)
+
+def write_atomic(path, data):
+    tmp = Path(f"{path}.tmp")
+    tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+    os.replace(tmp, path)
 
 def main(argv=None):
-    cfg = build_parser().parse_args(argv)
-    try:
-        cfg = finish_config(cfg)
-        device = pick_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        prepare_out(cfg)
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        G, D = train(cfg, device)
-        # Export: an equal number of samples for each class in --labels, with y (CONVENTIONS §4).
-        n_per = max(1, cfg.num_samples // len(cfg.labels))
-        x, y = generate(G, cfg, cfg.labels, n_per, device, seed=cfg.seed + 3)
-        x = x.numpy().astype(np.float32) if cfg.dataset in TOY_SETS else to_uint8(x)
-        write_atomic(out / "samples.npz", lambda f: np.savez(f, x=x, y=y.numpy()))
-        if cfg.dataset in TOY_SETS:
-            m = conditional_mode_metrics(x, y, cfg.dataset)
-            write_atomic(out / "metrics.json", lambda f: f.write(json.dumps(m)), mode="w")
-            print(f"on the asked mode (within 3 std): {100 * m['on_target']:.1f}% (worst class "
-                  f"{100 * m['worst_class_on_target']:.1f}%), nearest mode = asked mode {100 * m['nearest_is_asked']:.1f}%, "
-                  f"modes captured {m['modes']}/{m['of']} ({len(x)} samples)")
-        print(f"figures, samples.npz (x, y) and checkpoint.pt are in {out}/")
-        return G, D
-    except UserError as e:
-        print(f"cgan.py: error: {e}", file=sys.stderr)
-        raise SystemExit(1)
-
+    cfg = parse_options(argv)
+    torch.manual_seed(cfg.seed)
+    G, out = train(cfg), Path(cfg.out)
+    x, y = generate(G, cfg, cfg.labels, max(1, cfg.num_samples // len(cfg.labels)), seed=3)
+    x = x.numpy() if cfg.dataset in TOY_SETS else to_uint8(x)
+    np.savez(buffer := io.BytesIO(), x=x, y=y.numpy())  # an equal number of samples for each label
+    write_atomic(out / "samples.npz", buffer.getvalue())
+    plot_log(out)
+    if cfg.dataset in TOY_SETS:
+        m = conditional_mode_metrics(x, y, cfg.dataset)
+        write_atomic(out / "metrics.json", json.dumps(m))
+        print(f"on the asked mode (within 3 std): {m['on_target']:.1%}, worst class "
+              f"{m['worst_class_on_target']:.1%}; modes captured {m['modes']}/{m['of']}")
+    print(f"figures, samples.npz (x, y) and checkpoint.pt are in {out}/")
 
 if __name__ == "__main__":
     main()

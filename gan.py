@@ -101,7 +101,7 @@ def train(cfg):
     opt_D = torch.optim.Adam(D.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
     parts = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}  # what a checkpoint holds
     step, clock = start_run(cfg, parts)
-    fixed = torch.Generator().manual_seed(1)  # noise for the figures, the same at every step
+    fixed = torch.Generator().manual_seed(cfg.seed + 1)  # the figures' noise, fixed for the run
     z_fixed = torch.randn(1000 if toy else 64, cfg.z_dim, generator=fixed)
     for step in range(step + 1, cfg.steps + 1):
         # 1. k times: sample m noises z ~ p(z) and m examples x ~ P_data; update D by ascending
@@ -196,12 +196,13 @@ def toy_centres(name):
     return torch.cartesian_prod(g, g) / 2.828, 0.05 / 2.828
 
 def sample_toy(name, n, generator=None):
-    noise = torch.randn(n, 2, generator=generator)
     if name == "swissroll":  # (t cos t, t sin t), t ~ U[1.5 pi, 4.5 pi], noise 0.25, all / 7.5
         t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
-        return (torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) + 0.25 * noise) / 7.5
+        x = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1)
+        return (x + 0.25 * torch.randn(n, 2, generator=generator)) / 7.5
     centres, std = toy_centres(name)
-    return centres[torch.randint(len(centres), (n,), generator=generator)] + std * noise
+    k = torch.randint(len(centres), (n,), generator=generator)  # each point's mode, then its noise
+    return centres[k] + std * torch.randn(n, 2, generator=generator)
 
 def mode_metrics(x, name):
     """VEEGAN's measure: a sample is of high quality within 3 std of its nearest mode; a mode is
@@ -222,7 +223,7 @@ def plot_samples(cfg, step, G, D, z):
         D_grid = torch.sigmoid(D(grid)[..., 0]).detach().cpu().numpy()
         fig.colorbar(ax.contourf(*grid.cpu().numpy().T, D_grid.T, levels=20, cmap="RdBu_r", vmin=0,
                                  vmax=1), ax=ax, label="D(x)")
-        x_data = sample_toy(cfg.dataset, 1000, torch.Generator().manual_seed(2)).numpy()
+        x_data = sample_toy(cfg.dataset, 1000, torch.Generator().manual_seed(cfg.seed + 2)).numpy()
         x_arrow = x_fake[:200].requires_grad_(True)
         push = -torch.autograd.grad(GENERATOR_LOSSES[cfg.g_loss](D(x_arrow)) * 200, x_arrow)[0]
         ax.scatter(*x_data.T, s=3, c="k", label="data")
@@ -300,6 +301,7 @@ COMMON = [  # flag, default, help; a default (a, b) is a for 2-D data, b for ima
     ("--num-samples", (2500, 1000), "samples written to samples.npz at the end"),
     ("--resume", False, "continue the run in --out from its checkpoint"),
     ("--overwrite", False, "start again even if --out holds a run")]
+IMAGE_FILES = (".png", ".jpg", ".jpeg")
 MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]
 SOURCES = {  # dataset: (where its files are published, {file: MD5})
@@ -359,17 +361,17 @@ def fetch(name, file, data_dir):
 
 def load_data(name, data_dir, size, split="train"):
     """x: uint8 images N x C x size x size, y: int64 labels, and the class names."""
-    files, names = [], [str(c) for c in range(10)]
+    files, arrays, names = [], [], [str(c) for c in range(10)]
     try:
         if name in ("mnist", "fashion-mnist"):  # IDX: 0 0 8 ndim, ndim big-endian uint32s, bytes
             for ndim, f in zip((3, 1), MNIST[:2] if split == "train" else MNIST[2:]):
                 files.append(fetch(name, f, data_dir))
                 b = gzip.decompress(files[-1].read_bytes())
-                dims = [int.from_bytes(b[4 * i + 4:4 * i + 8], "big") for i in range(ndim)]
                 if b[:4] != bytes([0, 0, 8, ndim]):
                     raise ValueError(f"{files[-1]} is not an IDX file of {ndim} dimensions")
-                names.append(np.frombuffer(b, np.uint8, offset=4 + 4 * ndim).reshape(dims))
-            x, y, names = names[-2][:, None], names[-1], names[:10]
+                dims = [int.from_bytes(b[4 * i + 4:4 * i + 8], "big") for i in range(ndim)]
+                arrays.append(np.frombuffer(b, np.uint8, offset=4 + 4 * ndim).reshape(dims))
+            x, y = arrays[0][:, None], arrays[1]
         elif name == "cifar10":  # the binary version: records of a label byte + 3 x 32 x 32 bytes
             files = [fetch(name, "cifar-10-binary.tar.gz", data_dir)]
             parts = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
@@ -379,7 +381,7 @@ def load_data(name, data_dir, size, split="train"):
             x, y = records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0]
         elif Path(name).is_dir():  # every png/jpg below, centre-cropped square; sub-folder = class
             from PIL import Image, ImageOps
-            files = sorted(p for p in Path(name).rglob("*") if p.suffix.lower() in (".png", ".jpg"))
+            files = sorted(p for p in Path(name).rglob("*") if p.suffix.lower() in IMAGE_FILES)
             labels = [p.relative_to(name).parts[0] if p.parent != Path(name) else "" for p in files]
             names = sorted(set(labels))
             x = [np.asarray(ImageOps.fit(Image.open(p).convert("RGB"), (size,) * 2)) for p in files]
@@ -424,7 +426,7 @@ def start_run(cfg, parts):
             diff = [f"--{k.replace('_', '-')} {state['options'][k]}, not {vars(cfg)[k]}" for k in
                     ("dataset", "image_size", *ARCH) if state["options"][k] != vars(cfg)[k]]
         except Exception as e:  # missing, truncated, or not a checkpoint
-            raise SystemExit(f"{PROG}: error: cannot resume from {out}/checkpoint.pt: {e}") from None
+            raise SystemExit(f"{PROG}: error: cannot resume from {out}/checkpoint.pt: {e}") from e
         if state["script"] != PROG or diff:
             raise SystemExit(f"{PROG}: error: {out}/checkpoint.pt is from {state['script']}"
                              + " with " * bool(diff) + "; ".join(diff) + "; choose another --out")
@@ -472,7 +474,8 @@ def main(argv=None):
         return js_experiment(cfg)
     G, out = train(cfg), Path(cfg.out)
     with torch.no_grad():  # samples.npz from noise of its own: exporting changes no training state
-        z = torch.randn(cfg.num_samples, cfg.z_dim, generator=torch.Generator().manual_seed(3))
+        z = torch.randn(cfg.num_samples, cfg.z_dim,
+                        generator=torch.Generator().manual_seed(cfg.seed + 3))
         x = torch.cat([G(zb.to(next(G.parameters()).device)).cpu() for zb in z.split(500)])
     x = x.numpy() if cfg.dataset in TOY_SETS else to_uint8(x)
     np.savez(buffer := io.BytesIO(), x=x)

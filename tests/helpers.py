@@ -155,9 +155,9 @@ def straight_and_resumed(module, run, tmp_path, args, crash_at):
     straight = run(tmp_path, *args, name="straight")
     real_save = module.save_checkpoint
 
-    def save_then_crash(path, cfg, parts, step, elapsed):
-        real_save(path, cfg, parts, step, elapsed)
-        if step == crash_at:
+    def save_then_crash(*args):  # v1: (path, cfg, parts, step, elapsed); v2: (cfg, parts, step)
+        real_save(*args)
+        if (args[2] if len(args) == 3 else args[3]) == crash_at:
             raise KeyboardInterrupt
     module.save_checkpoint = save_then_crash
     try:

@@ -277,24 +277,24 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 # ---------------------------------------------------------------- learning
 def test_300_steps_pull_the_samples_towards_the_modes(tmp_path):
     """The quick, steady check: the mean distance from G(z) to its nearest mode of 8gaussians.
-    An untrained G: 1.27-1.38 (three draws); after 300 steps, measured on seeds 0-4: 0.55, 0.76,
-    0.37, 0.71, 0.54. The bar, 0.9, sits between the two with a margin on both sides."""
+    Untrained G (five draws): 1.24-1.37; after 300 steps, seeds 0-5: 0.44, 0.49, 0.51, 0.42, 0.42,
+    0.34. The bar, 0.8, sits between the two with a margin on both sides."""
     centres, _ = gan.toy_centres("8gaussians")
     mean_dist = lambda x: torch.cdist(torch.as_tensor(x), centres).min(1).values.mean().item()
     with torch.no_grad():
-        assert mean_dist(gan.mlp(2, 256, 2)(torch.randn(1000, 2))) > 1.1
+        assert mean_dist(gan.mlp(2, 256, 2)(torch.randn(1000, 2))) > 1.0
     for seed in [0, 1]:
         out = run(tmp_path, "--steps", 300, "--log-every", 300, "--sample-every", 300, "--seed", seed,
                   "--num-samples", 1000, name=f"s{seed}")
-        assert mean_dist(np.load(out / "samples.npz")["x"]) < 0.9, seed
+        assert mean_dist(np.load(out / "samples.npz")["x"]) < 0.8, seed
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_default_run_covers_most_modes_of_8gaussians(tmp_path, seed):
-    """The full default run (4,000 steps). Measured here on seeds 0-2: see the closing note and
-    README; GAN training is chaotic, so the bar sits below the worst seed seen: 6 of 8 modes and
-    50 % high quality."""
+    """The full default run (4,000 steps). Measured on seeds 0-2 (`make bench`): 6/8 modes 87.4 %,
+    8/8 78.7 %, 8/8 87.8 % high quality. GAN training is chaotic, so the bar sits below the worst
+    seed with a margin: 5 of 8 modes and 60 % high quality."""
     out = run(tmp_path, "--seed", seed, "--log-every", 1000, "--sample-every", 4000)
     m = json.loads((out / "metrics.json").read_text())
-    assert m["modes"] >= 6 and m["high_quality"] > 0.5, m
+    assert m["modes"] >= 5 and m["high_quality"] > 0.6, m
