@@ -458,7 +458,7 @@ def log_step(cfg, clock, step, **values):
             f.write(f"step,{','.join(values)},seconds\n" * (path.stat().st_size == 0)
                     + ",".join(f"{v:.6g}" for v in (step, *values.values(), seconds)) + "\n")
         rate, left = (step - clock[1]) / seconds, (cfg.steps - step) * seconds / (step - clock[1])
-        print(f"step {step}/{cfg.steps}  " + "  ".join(f"{k} {v:.3f}" for k, v in values.items())
+        print(f"step {step}/{cfg.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items())
               + f"  {rate:.1f} steps/s, {left // 60:.0f}:{left % 60:02.0f} left", flush=True)
 
 def write_atomic(path, data):

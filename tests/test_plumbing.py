@@ -19,7 +19,8 @@ MARKER = "# --- plumbing: the same in every script; skip on first read ---"
 V2 = [s for s in ["gan", "wgan_gp", "cgan", "cyclegan", "ddpm"]
       if (ROOT / f"{s}.py").exists() and MARKER in (ROOT / f"{s}.py").read_text()]
 TINY = {"gan": ["--width", "8", "--batch-size", "8", "--z-dim", "4"],  # a tiny model per script
-        "cgan": ["--width", "8", "--batch-size", "8", "--z-dim", "4"]}
+        "cgan": ["--width", "8", "--batch-size", "8", "--z-dim", "4"],
+        "wgan_gp": ["--n-critic", "1", "--width", "8", "--batch-size", "8", "--z-dim", "4"]}
 
 
 def block(script):
