@@ -15,7 +15,7 @@ condition is itself an image (pix2pix, colourisation, 上色), see cyclegan.py -
 Examples:
   python cgan.py                          # 8 Gaussians, label = mode, about a minute on a CPU
   python cgan.py --dataset 25gaussians    # 25 labelled modes
-  python cgan.py --dataset fashion-mnist  # one row per class, ~8 min on 2 CPU cores
+  python cgan.py --dataset fashion-mnist  # one row per class, ~4 min on 2 CPU cores
   python cgan.py --d-cond concat          # Mirza & Osindero's D: y joined to D's input
   python cgan.py --mismatch-weight 0      # ablation: no (real x, wrong y') pairs
 
