@@ -130,8 +130,21 @@ def test_js_experiment_writes_its_table_and_figure(tmp_path):
     assert lines[0].split(",") == gan.JS_COLUMNS and len(lines) == 1 + 10 + 8
     assert (tmp_path / "js" / "js.png").stat().st_size > 10000
     gauss = [r for r in rows if r["case"] == "gaussians"]
-    assert [r["js_exact"] for r in gauss] == [gan.js_exact_gaussians(r["theta"]) for r in gauss]
-    assert all(0 <= r["mean_abs_D_minus_D_star"] < 1 for r in gauss)  # D* computed for every theta
+    lines = [r for r in rows if r["case"] == "parallel lines"]
+    assert [r["js_exact"] for r in lines] == [LOG2 * (r["theta"] > 0) for r in lines]  # disjoint: log 2
+    for r in gauss + lines:  # a bound: (V + 2 log 2) / 2 <= JS for ANY D, even one trained 5 steps
+        assert r["js_lower_bound"] <= r["js_exact"] + 0.01, r
+    assert all(isinstance(r["mean_abs_D_minus_D_star"], float) for r in gauss)
+    assert all(r["mean_abs_D_minus_D_star"] == "" for r in lines)  # D* is only known for (a)
+
+
+@pytest.mark.parametrize("argv,message", [(["--lr", "-1"], "--lr must be positive"),
+                                          (["--beta1", "2"], "--beta1 in [0, 1)"),
+                                          (["--dataset", "mnist", "--image-size", "48"], "DCGAN takes 28, 32, 64")],
+                         ids=["negative-lr", "beta1-2", "image-size-48"])
+def test_a_gan_mistake_ends_in_one_sentence(capsys, tmp_path, argv, message):
+    from helpers import expect_user_error
+    assert message in expect_user_error(capsys, gan.main, "gan.py", [*argv, "--out", tmp_path / "r"])
 
 
 def test_js_experiment_d_is_close_to_d_star_after_its_default_training(tmp_path):
