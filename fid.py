@@ -1,911 +1,654 @@
-"""fid.py - how the notes judge a generator, computed exactly, in one file.
+"""fid.py - judging a generator the way the lecture notes do, one file to read beside them.
 
-The notes' evaluation chapter, step by step:
-  1. Ask a pretrained classifier about each sample. A confident p(c|x) means a clear sample (quality);
-     the class distribution AVERAGED over samples, p(c) = E_x p(c|x), should be even: peaked means
-     mode collapse, a class that never wins means mode dropping. The Inception Score folds both into
-     IS = exp(E_x KL(p(c|x) || p(c))).
-  2. FID: take the classifier's penultimate-layer features of real and of generated images, fit a
-     Gaussian to each, and measure the Frechet distance between the two Gaussians,
+The notes' evaluation section (note 001 and note 003, "GAN如何评价好坏"), in their order:
+  1. Ask a classifier about each sample y. A confident p(c|y) means a clear sample (quality). The
+     class distribution averaged over samples, p(c) = E_y p(c|y), should be even (diversity): a peak
+     is mode collapse, a class that never wins is mode dropping. The Inception Score folds both in,
+         IS = exp(E_y KL(p(c|y) || p(c))),   from 1 (no information) to K (confident and balanced);
+     it needs a classifier that knows the images: ImageNet's Inception knows no digits or garments.
+  2. FID: the classifier's features of real and of generated images (the notes' P.l and G.l, f_r
+     and f_g here), a Gaussian fitted to each, and the Frechet distance between the two Gaussians,
          FID = ||mu_r - mu_g||^2 + Tr(Sigma_r + Sigma_g - 2 (Sigma_r Sigma_g)^{1/2}).
-  3. Its blind spot: a generator that memorises the training set gets a perfect FID. We compare each
-     sample's distance to its nearest training image with the same distance for held-out real images.
-Also KID (an unbiased kernel alternative to FID) and, for the toy 2-D sets, modes captured and
-high-quality % (VEEGAN / PacGAN).
+     Only means and covariances count, the strong Gaussian assumption the notes warn of: 25gaussians,
+     8gaussians and one Gaussian with the same mean and covariance are all ~0 apart. FID also
+     falls as N grows: compare at one N, and 2048-d features need N >= 2,048 (10,000+ is usual).
+  3. The memorising GAN: copies of the training set score a perfect FID. We compare each sample's
+     distance to its nearest training image with the same distance for held-out real images.
+Also KID (an unbiased kernel cousin of FID) and, on the 2-D toy sets, VEEGAN's modes captured and
+high-quality %. The names FID, KID and Inception Score are kept for the Inception network; with our
+28-px classifier or raw 2-D points the file says FD, KD and "classifier score" instead.
 
-Run it:
-    python fid.py train-classifier --dataset fashion-mnist         # once: a small CNN, a few CPU minutes
-    python fid.py runs/gan-fashion-mnist/samples.npz fashion-mnist  # classifier features, offline
-    python fid.py fashion-mnist:test fashion-mnist                  # real vs real: the floor to read scores against
-    python fid.py samples.npz cifar10 --extractor inception         # the standard FID (weights downloaded once)
-    python fid.py runs/gan-8gaussians/samples.npz 8gaussians        # modes, high-quality %, 2-D Frechet distance
-    python fid.py cifar10 --extractor inception --save-stats cifar10_stats.npz   # cache the real statistics
+Examples:
+  python fid.py train-classifier --dataset fashion-mnist         # once: a small CNN, ~2 CPU minutes
+  python fid.py runs/gan-fashion-mnist/samples.npz fashion-mnist  # classifier features, offline
+  python fid.py 25gaussians:gaussian 25gaussians                  # FD ~0, yet few high-quality points
+  python fid.py fashion-mnist:test fashion-mnist                  # real vs real: the floor
+  python fid.py samples.npz cifar10 --extractor inception         # the standard FID (weights: once)
+  python fid.py cifar10 --extractor inception --save-stats c10.npz  # cache the real statistics
+A source is a samples.npz, a folder of images, a statistics .npz (ours or pytorch-fid's), or a data
+set name with :train or :test (default train); a toy set also takes :gaussian (its Gaussian fit).
 
-Lecture notes followed: evaluating a generator with a classifier (confidence, the class-averaged
-distribution, mode collapse and mode dropping), the Inception Score, FID and its formula, and the
-memorising GAN that FID cannot catch.
-
-Deliberate deviations: scores computed with our small MNIST classifier or on raw 2-D coordinates are
-labelled "FD (classifier features)" / "FD (2-D points)", never "FID", which is reserved for the
-Inception network below. The matrix square root uses symmetric eigendecompositions (derived in
-frechet_distance) instead of scipy's sqrtm; no offset is ever added to a covariance.
+Deviations: the square root uses symmetric eigendecompositions, not scipy's sqrtm (derivation in
+frechet_distance); IS splits are a fixed random permutation, not consecutive slices (class-ordered
+exports would score ~1); non-square folder images are centre-cropped, where pytorch-fid stretches
+them to 299 x 299: the same numbers for square images only.
 """
-import argparse
-import gzip
-import hashlib
-import json
-import math
-import os
-import pickle
-import sys
-import tarfile
-import time
-import urllib.request
+import argparse, gzip, hashlib, io, json, math, os, sys, tarfile, time, urllib.request, zlib
+from collections import OrderedDict
 from pathlib import Path
-
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 import torch.nn.functional as F
 
-SCRIPT = "fid"
+# ------------------------------------------------------- 1. a classifier's view: quality, diversity
+def class_coverage(p_cy, y=None, imagenet=False):
+    """Confidence (mean max p(c|y)) and p(c) = E_y p(c|y). With our 10-class classifier also each
+    class's share of wins and the classes won by < 10 % of a fair share (mode dropping)."""
+    if imagenet:  # TF's 1008 outputs: 1..1000 are ImageNet's classes, renormalised over them
+        p_cy = p_cy[:, 1:1001] / p_cy[:, 1:1001].sum(1, keepdims=True)
+    K, p_c = p_cy.shape[1], p_cy.mean(0)
+    out = {"confidence": float(p_cy.max(1).mean()), "max_entropy": math.log(K),
+           "class_entropy": float(-(p_c * np.log(np.clip(p_c, 1e-12, None))).sum())}
+    if not imagenet:  # ImageNet's classes are not the data's: "missing" would mean nothing there
+        share = np.bincount(p_cy.argmax(1), minlength=K) / len(p_cy)
+        out["class_share"] = [round(float(s), 4) for s in share]
+        out["missing_classes"] = [int(c) for c in np.flatnonzero(share < 0.1 / K)]
+    if y is not None and not imagenet:  # samples that carry the label they were asked for
+        out["conditional_accuracy"] = float((p_cy.argmax(1) == np.asarray(y)).mean())
+    return out
+
+def inception_score(p_cy, splits=10):
+    """exp(E_y KL(p(c|y) || p(c))) in each split, p(c) the split's mean; mean and std over splits."""
+    scores = []
+    for part in np.array_split(p_cy[np.random.default_rng(0).permutation(len(p_cy))], splits):
+        log_p, log_pc = np.log(np.clip(part, 1e-12, None)), np.log(np.clip(part.mean(0), 1e-12, None))
+        scores.append(math.exp((part * (log_p - log_pc)).sum(1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+# ------------------------------------------------------- 2. the Frechet distance of two Gaussians
+def gaussian_statistics(f, name="features", notes=None):
+    """mu and Sigma (float64, unbiased) of N x d features, with a note when the estimate is poor."""
+    n, d = f.shape
+    mu, sigma = f.mean(0), np.cov(f, rowvar=False).reshape(d, d)
+    ev = np.linalg.eigvalsh(sigma)
+    rank = int((ev > ev.max() * 1e-10).sum()) if ev.max() > 0 else 0
+    if notes is not None and n <= d:
+        notes.append(f"{name}: {n} samples of {d}-d features: Sigma has rank <= {n - 1}, a poor "
+                     "estimate; a Frechet distance needs N well above d")
+    elif notes is not None and rank < d:
+        notes.append(f"{name}: Sigma has rank {rank} of {d}; its round-off eigenvalues are clamped "
+                     "to 0 in the square root, no offset is added")
+    return mu, sigma
+
+def psd_sqrt(sigma):  # Sigma^{1/2} = V diag(sqrt(lambda)) V^T for symmetric Sigma = V diag(lambda) V^T
+    lam, V = np.linalg.eigh(sigma)
+    return (V * np.sqrt(np.clip(lam, 0, None))) @ V.T
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """d^2 = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2}), in float64, without scipy:
+      - AB and BA have the same eigenvalues; with A = S1^{1/2}, B = S1^{1/2} S2 that makes S1 S2
+        and M = S1^{1/2} S2 S1^{1/2} share their eigenvalues lambda_i;
+      - M is symmetric and x^T M x = (S1^{1/2} x)^T S2 (S1^{1/2} x) >= 0, so lambda_i are real, >= 0;
+      - (S1 S2)^{1/2} has eigenvalues sqrt(lambda_i), and a trace is the sum of the eigenvalues.
+    So Tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(M)): two symmetric eigendecompositions, exactly real."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise SystemExit(f"{PROG}: error: the statistics have different dimensions "
+                         f"({mu1.shape[0]} and {mu2.shape[0]})")
+    s1_half = psd_sqrt(sigma1)
+    M = s1_half @ sigma2 @ s1_half
+    lam = np.linalg.eigvalsh((M + M.T) / 2)  # symmetrised: round-off only
+    diff = mu1 - mu2
+    # ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 sum_i sqrt(lambda_i)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+                 - 2 * np.sqrt(np.clip(lam, 0, None)).sum())
+
+# ------------------------------------------------------- 3. memorisation, 4. KID, toy-set modes
+def nearest_distances(a, b, chunk=2048):  # each row of a: Euclidean distance to the nearest of b
+    a, b = torch.from_numpy(a).float(), torch.from_numpy(b).float()
+    return torch.cat([torch.cdist(a[i:i + chunk], b).min(1).values
+                      for i in range(0, len(a), chunk)]).numpy()
+
+def memorisation(x_gen, x_train, x_heldout):
+    """Pixel distance (in [0, 1] units) of each sample to its nearest training image, against the
+    same for held-out real images; a likely copy is closer than 99 % of held-out images are."""
+    flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255
+    d_gen, d_held = (nearest_distances(flat(x), flat(x_train)) for x in (x_gen, x_heldout))
+    threshold = float(np.percentile(d_held, 1))
+    return {"median_nn_distance": float(np.median(d_gen)), "copy_threshold": threshold,
+            "heldout_median_nn_distance": float(np.median(d_held)),
+            "likely_copies": float((d_gen < threshold).mean())}
+
+def kernel_distance(f1, f2, subsets=100, subset_size=1000, seed=0):
+    """KID: the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 on random subsets of size m
+    (mean, std); its expectation is 0 when both sets come from one distribution."""
+    rng, d, m = np.random.default_rng(seed), f1.shape[1], min(subset_size, len(f1), len(f2))
+    if m < 2:
+        raise SystemExit(f"{PROG}: error: KID needs at least 2 samples in each set")
+    values = []
+    for _ in range(subsets):
+        x, y = f1[rng.choice(len(f1), m, replace=False)], f2[rng.choice(len(f2), m, replace=False)]
+        k_xx, k_yy, k_xy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        # sum_{i != j} k(x_i, x_j) / (m (m - 1)) + the same for y - 2 sum_{i, j} k(x_i, y_j) / m^2
+        values.append((k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+                      - 2 * k_xy.sum() / m ** 2)
+    return float(np.mean(values)), float(np.std(values))
+
 TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
-IMAGE_SETS = ("mnist", "fashion-mnist", "cifar10")
-METRICS = ("fid", "kid", "is", "coverage", "memorisation", "modes")
-# Weights of the TensorFlow FID Inception (2015-12-05) ported to PyTorch, as the standard PyTorch FID
-# implementation publishes them; the file name carries the first 8 hex digits of its SHA-256.
-INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                 "pt_inception-2015-12-05-6726825d.pth")
-INCEPTION_SHA256_PREFIX = "6726825d"
 
-
-# ----------------------------------------------------------------------------------------------
-# 1. Configuration (`python fid.py --help`, `python fid.py train-classifier --help`).
-# ----------------------------------------------------------------------------------------------
-EXAMPLES = """examples:
-  python fid.py train-classifier --dataset fashion-mnist
-  python fid.py runs/gan-fashion-mnist/samples.npz fashion-mnist
-  python fid.py fashion-mnist:test fashion-mnist          (real vs real: the floor)
-  python fid.py samples.npz cifar10 --extractor inception
-  python fid.py runs/gan-8gaussians/samples.npz 8gaussians
-A source is a samples.npz from our scripts, a folder of images, a statistics .npz written by
---save-stats, or a dataset name (mnist, fashion-mnist, cifar10, or a toy set), optionally with
-:train or :test (default train)."""
-
-
-def build_parser():
-    p = argparse.ArgumentParser(prog="fid.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Judge generated samples against real ones: FID, KID, Inception/"
-                                "classifier score, class coverage, memorisation, toy-set modes.", epilog=EXAMPLES)
-    a = p.add_argument
-    a("sources", nargs="*", help="GENERATED [REAL]: the samples to judge and the reference (one source "
-      "with --save-stats)")
-    a("--extractor", default="auto", choices=["auto", "inception", "classifier", "raw"], help="features: the "
-      "FID Inception-V3, our small 28x28 classifier, or raw 2-D coordinates; auto picks raw for 2-D points, "
-      "classifier for 28x28 grey images, inception otherwise (default: %(default)s)")
-    a("--dims", type=int, default=2048, choices=[64, 192, 768, 2048], help="Inception feature layer: 64 "
-      "(first max pool), 192 (second max pool), 768 (pre-aux), 2048 (final pool, the standard) (default: %(default)s)")
-    a("--weights", default=None, help="Inception weight file pt_inception-2015-12-05-6726825d.pth (default: "
-      "the torch hub cache, downloaded there once with a checksum)")
-    a("--classifier", default=None, help="classifier checkpoint (default: <data-dir>/classifiers/<dataset>.pt, "
-      "written by `fid.py train-classifier`)")
-    a("--metrics", default="all", help="comma-separated subset of " + ",".join(METRICS) + "; 'all' computes "
-      "every one that applies to the inputs (default: %(default)s)")
-    a("--num-real", type=int, default=10000, help="real images (or points) drawn from a dataset name (default: %(default)s)")
-    a("--kid-subsets", type=int, default=100, help="KID: number of random subsets (default: %(default)s)")
-    a("--kid-subset-size", type=int, default=1000, help="KID: subset size, capped by the smaller set (default: %(default)s)")
-    a("--splits", type=int, default=10, help="Inception / classifier score: number of splits (default: %(default)s)")
-    a("--save-stats", default=None, help="write mu, Sigma and their provenance of the FIRST source to this .npz")
-    a("--json", action="store_true", help="print the results as JSON instead of a table")
-    a("--data-dir", default="./data", help="where datasets live / are downloaded (default: %(default)s)")
-    a("--batch-size", type=int, default=100, help="images per forward pass (default: %(default)s)")
-    a("--seed", type=int, default=0, help="seed for subsets and sampled real data (default: %(default)s)")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto picks cuda > mps > cpu (default: %(default)s)")
-    return p
-
-
-def build_classifier_parser():
-    p = argparse.ArgumentParser(prog="fid.py train-classifier", description="Train the small CNN whose "
-                                "features and predictions fid.py uses for 28x28 grey images, and print its test accuracy.")
-    a = p.add_argument
-    a("--dataset", required=True, choices=["mnist", "fashion-mnist"], help="which dataset to train on")
-    a("--epochs", type=int, default=3, help="passes over the 60,000 training images (default: %(default)s)")
-    a("--batch-size", type=int, default=128, help="minibatch size (default: %(default)s)")
-    a("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    a("--out", default=None, help="checkpoint path (default: <data-dir>/classifiers/<dataset>.pt)")
-    a("--data-dir", default="./data", help="where datasets live / are downloaded (default: %(default)s)")
-    a("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto picks cuda > mps > cpu (default: %(default)s)")
-    return p
-
-
-# ----------------------------------------------------------------------------------------------
-# 2. Data: the same loaders as every training script, plus the sources fid.py reads.
-# ----------------------------------------------------------------------------------------------
 def toy_centres(name):
-    """Mode centres and per-mode std of the mixture sets, in the dataset's own (scaled) coordinates."""
+    """WGAN-GP's mixtures: 8 centres at radius 2, angles k * 45 degrees, std 0.02, all / 1.414;
+    or the grid {-4, -2, 0, 2, 4}^2, std 0.05, all / 2.828."""
     if name == "8gaussians":
         k = torch.arange(8) * (2 * math.pi / 8)
         return torch.stack([2 * torch.cos(k), 2 * torch.sin(k)], 1) / 1.414, 0.02 / 1.414
-    if name == "25gaussians":
-        g = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
-        return torch.cartesian_prod(g, g) / 2.828, 0.05 / 2.828
-    raise ValueError(f"{name} has no discrete modes")
-
+    g = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+    return torch.cartesian_prod(g, g) / 2.828, 0.05 / 2.828
 
 def sample_toy(name, n, generator=None):
-    """n points of a toy 2-D set: mixtures = centre + std * N(0, I); swissroll = (t cos t, t sin t) + noise."""
-    if name == "swissroll":  # the 2-D slice of the classic swiss roll, noise 0.25, divided by 7.5
+    if name == "swissroll":  # (t cos t, t sin t), t ~ U[1.5 pi, 4.5 pi], noise 0.25, all / 7.5
         t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
-        x = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) + 0.25 * torch.randn(n, 2, generator=generator)
-        return x / 7.5
+        x = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1)
+        return (x + 0.25 * torch.randn(n, 2, generator=generator)) / 7.5
     centres, std = toy_centres(name)
-    idx = torch.randint(len(centres), (n,), generator=generator)
-    return centres[idx] + std * torch.randn(n, 2, generator=generator)
+    k = torch.randint(len(centres), (n,), generator=generator)  # each point's mode, then its noise
+    return centres[k] + std * torch.randn(n, 2, generator=generator)
 
+def mode_metrics(x, name):
+    """VEEGAN's measure: a sample is of high quality within 3 std of its nearest mode; a mode is
+    captured when it is the nearest mode of at least one such sample."""
+    centres, std = toy_centres(name)
+    dist, nearest = torch.cdist(torch.as_tensor(x, dtype=torch.float32), centres).min(1)
+    return {"modes": nearest[dist < 3 * std].unique().numel(), "of": len(centres),
+            "high_quality": (dist < 3 * std).float().mean().item()}
 
-# --- scaffolding: dataset files, download, checksums (identical in every script; skip on first read) ---
-DATASETS = {  # file name -> MD5 of the published file; mirrors are tried in order
-    "mnist": {"mirrors": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
-                          "http://yann.lecun.com/exdb/mnist/"],
-              "files": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-                        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-                        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}},
-    "fashion-mnist": {"mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                                  "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
-                      "files": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                                "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-                                "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-                                "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
-                      "system_dir": "/usr/share/datasets/fashion-mnist"},  # Debian: dataset-fashion-mnist
-    "cifar10": {"mirrors": ["https://www.cs.toronto.edu/~kriz/"],
-                "files": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}},
-}
+# ------------------------------------------------------- 5. the feature extractors
+# (a) The FID Inception-V3: TensorFlow's graph of 2015-12-05 as pytorch-fid ports it, under
+# torchvision's parameter names, so the published weights load with strict=True. Three details of
+# the TF graph differ from torchvision and move FID: 1008 outputs; the 3x3 average pools exclude
+# the zero padding (count_include_pad=False); Mixed_7c's pool branch takes a MAX pool.
+INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                 "pt_inception-2015-12-05-6726825d.pth")
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+# Each Mixed block: branches of convolutions "out:kernel[/stride]" run in turn; "a|b" is a fork
+# (both read the same input, outputs concatenated). The pool branch: "avg C" or "max C" (3x3 pool,
+# then a 1x1 conv to C channels) or "max/2" (a bare 3x3 max pool, stride 2).
+A = lambda pool: {"branch1x1": "64:1x1", "branch5x5": "48:1x1 64:5x5",
+                  "branch3x3dbl": "64:1x1 96:3x3 96:3x3", "pool": f"avg {pool}"}
+C = lambda c: {"branch1x1": "192:1x1", "branch7x7": f"{c}:1x1 {c}:1x7 192:7x1",
+               "branch7x7dbl": f"{c}:1x1 {c}:7x1 {c}:1x7 {c}:7x1 192:1x7", "pool": "avg 192"}
+E = lambda pool: {"branch1x1": "320:1x1", "branch3x3": "384:1x1 384:1x3|384:3x1",
+                  "branch3x3dbl": "448:1x1 384:3x3 384:1x3|384:3x1", "pool": f"{pool} 192"}
+MIXED = [("Mixed_5b", 192, A(32)), ("Mixed_5c", 256, A(64)), ("Mixed_5d", 288, A(64)),
+         ("Mixed_6a", 288, {"branch3x3": "384:3x3/2", "branch3x3dbl": "64:1x1 96:3x3 96:3x3/2",
+                            "pool": "max/2"}),
+         ("Mixed_6b", 768, C(128)), ("Mixed_6c", 768, C(160)), ("Mixed_6d", 768, C(160)),
+         ("Mixed_6e", 768, C(192)),
+         ("Mixed_7a", 768, {"branch3x3": "192:1x1 320:3x3/2",
+                            "branch7x7x3": "192:1x1 192:1x7 192:7x1 192:3x3/2", "pool": "max/2"}),
+         ("Mixed_7b", 1280, E("avg")), ("Mixed_7c", 2048, E("max"))]
 
+def conv_bn(c_in, spec, padding=None):  # "out:KHxKW/stride" -> conv (no bias), BN (TF's eps), ReLU
+    out, kernel = spec.split(":")
+    (kh, kw), stride = map(int, kernel.split("/")[0].split("x")), int((kernel + "/1").split("/")[1])
+    pad = padding if padding is not None else (kh // 2, kw // 2) if stride == 1 else 0
+    return nn.Sequential(OrderedDict(conv=nn.Conv2d(c_in, int(out), (kh, kw), stride, pad,
+                                                    bias=False),
+                                     bn=nn.BatchNorm2d(int(out), eps=0.001), relu=nn.ReLU()))
 
-class UserError(Exception):
-    """A user mistake or a broken environment: main() prints the message, no traceback."""
+class Mixed(nn.Module):
+    def __init__(self, c_in, branches):
+        super().__init__()
+        self.chains, self.pool = [], branches["pool"].split()
+        for prefix, text in [(k, v) for k, v in branches.items() if k != "pool"]:
+            steps, c, chain = text.split(), c_in, []
+            for i, step in enumerate(steps, 1):
+                forks = step.split("|")
+                names = [prefix + (f"_{i}" + "ab"[j] * (len(forks) > 1)) * (len(steps) > 1)
+                         for j in range(len(forks))]
+                for name, spec in zip(names, forks):
+                    self.add_module(name, conv_bn(c, spec))
+                chain, c = chain + [names], int(forks[0].split(":")[0])
+            self.chains.append(chain)
+        if len(self.pool) == 2:
+            self.branch_pool = conv_bn(c_in, f"{self.pool[1]}:1x1")
 
+    def forward(self, x):
+        outs = []
+        for chain in self.chains:
+            h = x
+            for names in chain:  # a fork's outputs side by side
+                h = torch.cat([getattr(self, n)(h) for n in names], 1)
+            outs.append(h)
+        kind = self.pool[0]
+        if kind == "max/2":
+            return torch.cat(outs + [F.max_pool2d(x, 3, stride=2)], 1)
+        pooled = (F.max_pool2d(x, 3, 1, 1) if kind == "max"
+                  else F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+        return torch.cat(outs + [self.branch_pool(pooled)], 1)
 
-def file_hash(path, algorithm="md5"):
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+class FIDInceptionV3(nn.Module):
+    def __init__(self, dims=2048):
+        super().__init__()
+        self.dims = dims
+        self.Conv2d_1a_3x3, self.Conv2d_2a_3x3 = conv_bn(3, "32:3x3/2"), conv_bn(32, "32:3x3", 0)
+        self.Conv2d_2b_3x3, self.Conv2d_3b_1x1 = conv_bn(32, "64:3x3"), conv_bn(64, "80:1x1")
+        self.Conv2d_4a_3x3 = conv_bn(80, "192:3x3", 0)
+        for name, c_in, branches in MIXED:
+            self.add_module(name, Mixed(c_in, branches))
+        self.fc = nn.Linear(2048, 1008)
 
+    def forward(self, x):
+        """x: N x 3 x H x W in [0, 1] -> (features N x dims, logits N x 1008 when dims = 2048).
+        The standard input: bilinear resize to 299 x 299 WITHOUT antialiasing, then 2x - 1."""
+        x = 2 * F.interpolate(x, (299, 299), mode="bilinear", align_corners=False) - 1
+        x = F.max_pool2d(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))), 3, 2)
+        blocks = [n for n, _, _ in MIXED]
+        stages = {64: [], 192: ["Conv2d_3b_1x1", "Conv2d_4a_3x3"], 768: blocks[:8], 2048: blocks[8:]}
+        for dims, names in stages.items():
+            for name in names:
+                x = getattr(self, name)(x)
+            x = F.max_pool2d(x, 3, 2) if dims == 192 else x  # 64: 73 x 73, 192: 35, 768: 17, 2048: 8
+            if dims == self.dims:
+                f = x.mean((2, 3))  # the features: a global average pool
+                # IS's logits: the final layer WITHOUT its bias, as the original IS code takes them
+                return f, F.linear(f, self.fc.weight) if dims == 2048 else None
 
-def download(urls, dest, digest, algorithm="md5"):
-    """Fetch a published file from the first mirror that works, check its hash (a full hex digest or a
-    prefix of one), and only then rename it into place: a failed download leaves nothing behind."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp, failures = dest.with_name(dest.name + ".part"), []
-    for url in urls:
-        h, done, last = hashlib.new(algorithm), 0, 0.0
+def load_inception(cfg, device, notes):
+    """The network with the published weights, downloaded once into torch's hub cache (SHA-256
+    checked), or --weights FILE (its SHA-256 reported; a FID from other weights is not comparable)."""
+    path = Path(cfg.weights or Path(torch.hub.get_dir(), "checkpoints", INCEPTION_URL[-36:]))
+    if not cfg.weights and not path.is_file():
         try:
-            with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
-                total = int(r.headers.get("Content-Length") or 0)
-                for block in iter(lambda: r.read(1 << 16), b""):
-                    f.write(block), h.update(block)
-                    done += len(block)
-                    if time.time() - last > 0.5 or done == total:
-                        last = time.time()
-                        print(f"\rdownloading {url}: {done / 1e6:.1f}/{total / 1e6:.1f} MB", end="", file=sys.stderr)
-            print(file=sys.stderr)
-            if h.hexdigest().startswith(digest):
-                os.replace(tmp, dest)
-                return dest
-            failures.append(f"{url}: checksum mismatch ({algorithm} {h.hexdigest()}, expected {digest})")
-        except OSError as e:  # URLError, refused connection, timeout, disk full
-            failures.append(f"{url}: {getattr(e, 'reason', e)}")
-        tmp.unlink(missing_ok=True)
-    raise UserError(f"could not get {dest.name} ({'; '.join(failures)}); with no network, put the file "
-                    f"in {dest.parent.resolve()}/ by hand")
-
-
-def find_or_download(name, fname, data_dir):
-    """A file already in <data-dir>/<name>/ or the system folder is used as is; else it is downloaded."""
-    spec = DATASETS[name]
-    for folder in (Path(data_dir) / name, Path(spec.get("system_dir", "/nonexistent"))):
-        if (folder / fname).is_file():
-            return folder / fname
-    return download([m + fname for m in spec["mirrors"]], Path(data_dir) / name / fname, spec["files"][fname])
-
-
-def read_idx(path, magic):
-    """IDX file (MNIST format): big-endian magic, dims, then uint8 data. Structure is checked fully."""
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()  # gzip verifies its CRC at the end: a truncated or corrupt file fails here
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path} is corrupt or truncated ({e}); delete it and run again to fetch a fresh copy")
-    ndim = magic & 0xFF
-    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
-        raise UserError(f"{path} is not an IDX file of the expected kind; delete it and run again")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise UserError(f"{path} holds {data.size} values where its header promises {int(np.prod(dims))}; "
-                        "delete it and run again")
-    return data.reshape(dims)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """CIFAR-10 ships as pickles. Unpickling can run arbitrary code, so admit only numpy arrays."""
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-        if module == "numpy.core.multiarray" and hasattr(np, "_core"):
-            module = "numpy._core.multiarray"  # numpy >= 2 renamed the module that old pickles name
-        return super().find_class(module, name)
-
-
-def load_cifar10(data_dir, split):
-    fname = "cifar-10-python.tar.gz"
-    path = find_or_download("cifar10", fname, data_dir)
-    if file_hash(path) != DATASETS["cifar10"]["files"][fname]:  # verified BEFORE anything is unpickled
-        raise UserError(f"{path} fails its MD5 checksum (corrupt, truncated or not the published file); "
-                        "delete it and run again")
-    members = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    xs, ys = [], []
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            for m in members:
-                d = RestrictedUnpickler(tar.extractfile(f"cifar-10-batches-py/{m}"), encoding="bytes").load()
-                xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)), ys.append(d[b"labels"])
-    except (tarfile.TarError, KeyError, pickle.UnpicklingError, EOFError, OSError) as e:
-        raise UserError(f"{path} could not be read as the CIFAR-10 python tarball ({e})")
-    return np.concatenate(xs).transpose(0, 2, 3, 1), np.concatenate(ys)
-
-
-def load_image_folder(root, size):
-    """Every png/jpg below root, resized (shorter side) and centre-cropped; sub-folder = class."""
-    from PIL import Image  # comes with matplotlib
-    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise UserError(f"no .png/.jpg images found below {root}")
-    classes = sorted({p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files})
-    xs, ys = [], []
-    for p in files:
-        try:
-            im = Image.open(p).convert("RGB")
+            print(f"downloading {INCEPTION_URL}", file=sys.stderr, flush=True)
+            data = urllib.request.urlopen(INCEPTION_URL, timeout=60).read()
         except OSError as e:
-            raise UserError(f"cannot read image {p} ({e}); remove or replace it")
-        s = size / min(im.size)
-        im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BICUBIC)
-        left, top = (im.width - size) // 2, (im.height - size) // 2
-        xs.append(np.asarray(im.crop((left, top, left + size, top + size)), np.uint8))
-        rel = p.relative_to(root).parts
-        ys.append(classes.index(rel[0] if len(rel) > 1 else ""))
-    return np.stack(xs), np.array(ys)
+            raise SystemExit(f"{PROG}: error: cannot download {INCEPTION_URL} ({getattr(e, 'reason', e)})"
+                             f"; with no network, pass the file with --weights") from None
+        if hashlib.sha256(data).hexdigest() != INCEPTION_SHA256:
+            raise SystemExit(f"{PROG}: error: {INCEPTION_URL} fails its SHA-256 check (nothing saved)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    if not path.is_file():
+        raise SystemExit(f"{PROG}: error: --weights {path}: no such file")
+    digest, model = hashlib.sha256(path.read_bytes()).hexdigest(), FIDInceptionV3(cfg.dims)
+    if digest != INCEPTION_SHA256 and not cfg.weights:
+        raise SystemExit(f"{PROG}: error: {path} fails its SHA-256 check; delete it and run again")
+    if digest != INCEPTION_SHA256:
+        notes.append(f"{path} is not the published weight file: scores not comparable to papers'")
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    except Exception as e:
+        raise SystemExit(f"{PROG}: error: {path} is not the FID Inception weight file "
+                         f"({type(e).__name__}: {str(e)[:150]})") from None
+    return model.eval().to(device), digest[:16]
 
+class Classifier(nn.Module):
+    """(b) A small CNN for 28 x 28 grey images, trained by `fid.py train-classifier`: its 128-d
+    penultimate layer gives the features, its softmax p(c|y)."""
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 32 x 14 x 14
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 64 x 7 x 7
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, n_classes))
 
-def load_images(dataset, data_dir, image_size, split="train"):
-    """Returns x: float32 N x C x H x W in [-1, 1] and y: int64 labels."""
-    if dataset in ("mnist", "fashion-mnist"):
-        pre = "train" if split == "train" else "t10k"
-        x = read_idx(find_or_download(dataset, f"{pre}-images-idx3-ubyte.gz", data_dir), 0x803)[..., None]
-        y = read_idx(find_or_download(dataset, f"{pre}-labels-idx1-ubyte.gz", data_dir), 0x801)
-        if len(x) != len(y):
-            raise UserError(f"{dataset}: {len(x)} images but {len(y)} labels; delete the files and run again")
-    elif dataset == "cifar10":
-        x, y = load_cifar10(data_dir, split)
-    else:
-        x, y = load_image_folder(dataset, image_size)
-    x = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).float() / 127.5 - 1  # uint8 -> [-1, 1]
-    if x.shape[-1] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(-1, 1), torch.from_numpy(np.array(y, dtype=np.int64))
+    def forward(self, x):  # N x 1 x 28 x 28 in [-1, 1] -> (features N x 128, logits N x 10)
+        f = self.features(x)
+        return f, self.head(f)
 
+def load_classifier(path, device):
+    if not Path(path).is_file():
+        raise SystemExit(f"{PROG}: error: no classifier at {path}: train it once with `python fid.py "
+                         f"train-classifier --dataset {Path(path).stem}`, or pass --classifier")
+    try:
+        state, model = torch.load(path, map_location="cpu", weights_only=True), Classifier()
+        model.load_state_dict(state["model"])
+    except Exception:
+        raise SystemExit(f"{PROG}: error: {path} is not a checkpoint of fid.py train-classifier")
+    return model.eval().to(device), hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
+@torch.no_grad()
+def extract(src, extractor, model, cfg, device):
+    """Features (float64 N x d) and p(c|y) (N x K, or None) of uint8 N x H x W x C images."""
+    if extractor == "raw":
+        return src["x"].astype(np.float64), None
+    feats, probs = [], []
+    for xb in torch.from_numpy(src["x"]).split(cfg.batch_size):
+        xb = xb.permute(0, 3, 1, 2).float().to(device) / 255
+        if extractor == "inception":
+            f, logits = model(xb.expand(-1, 3, -1, -1))  # grey: the channel repeated
+        else:
+            f, logits = model((xb.mean(1, keepdim=True) if xb.shape[1] == 3 else xb) * 2 - 1)
+        feats.append(f.double().cpu())
+        probs.append(None if logits is None else logits.double().softmax(1).cpu())
+    f = torch.cat(feats).numpy()
+    if not np.isfinite(f).all():
+        raise SystemExit(f"{PROG}: error: features of {src['name']} hold NaN or inf: broken images "
+                         "or broken extractor weights")
+    return f, None if probs[0] is None else torch.cat(probs).numpy()
+
+# ------------------------------------------------------- 6. sources, the report, train-classifier
 def load_source(spec, cfg, n_like=None):
-    """A source -> dict(kind='images' | 'points' | 'stats', x, y, name, dataset, split).
-    Images are uint8 N x H x W x C; points float32 N x 2."""
+    """-> dict(kind="images" (uint8 N x H x W x C) | "points" (N x 2) | "stats", x, name, ...)."""
     path, (name, _, split) = Path(spec), spec.partition(":")
     split = split or "train"
     if path.suffix == ".npz" and path.is_file():
         try:
-            z = np.load(path, allow_pickle=False)
-            data = {k: z[k] for k in z.files}
+            data = dict(np.load(path, allow_pickle=False))
         except (OSError, ValueError) as e:
-            raise UserError(f"{path} cannot be read as .npz ({e})")
-        if "mu" in data and "sigma" in data:
-            return {"kind": "stats", "name": str(path), **data}
-        if "x" not in data:
-            raise UserError(f"{path} has neither 'x' (samples) nor 'mu'/'sigma' (statistics); it has {sorted(data)}")
-        x = data["x"]
-        kind = "points" if x.ndim == 2 and x.shape[1] == 2 else "images"
-        if kind == "images" and (x.ndim != 4 or x.dtype != np.uint8 or x.shape[-1] not in (1, 3)):
-            raise UserError(f"{path}: 'x' must be uint8 N x H x W x C images (C = 1 or 3) or N x 2 points, "
-                            f"got {x.dtype} {x.shape}")
-        return {"kind": kind, "x": x, "y": data.get("y"), "name": str(path), "dataset": None}
+            raise SystemExit(f"{PROG}: error: {path} cannot be read as .npz ({e})") from None
+        if {"mu", "sigma"} <= set(data):  # ours carry their provenance; pytorch-fid's do not
+            return {"kind": "stats", "name": str(path), "extractor": "inception", "dims": 2048,
+                    "weights_hash": "none", "n": 0, **data}
+        x = data.get("x")
+        if x is None or not (x.ndim == 2 and x.shape[1] == 2 or x.ndim == 4 and x.dtype == np.uint8
+                             and x.shape[-1] in (1, 3)):
+            raise SystemExit(f"{PROG}: error: {path} needs 'x': uint8 N x H x W x C images (C = 1 "
+                             "or 3) or N x 2 points, or 'mu' and 'sigma'; it has " + ", ".join(
+                                 f"{k} {v.dtype} {v.shape}" for k, v in data.items()))
+        return {"kind": "images" if x.ndim == 4 else "points", "x": x, "y": data.get("y"),
+                "name": str(path)}
     if path.is_dir():
-        sizes = {}
-        for p in sorted(q for q in path.rglob("*") if q.suffix.lower() in (".png", ".jpg", ".jpeg")):
-            try:
-                from PIL import Image
-                with Image.open(p) as im:
-                    sizes.setdefault(im.size, []).append(p.name)
-            except OSError as e:
-                raise UserError(f"cannot read image {p} ({e}); remove or replace it")
-        if len(sizes) > 1:
-            desc = ", ".join(f"{w}x{h} ({len(v)} files, e.g. {v[0]})" for (w, h), v in sizes.items())
-            raise UserError(f"{path} mixes image sizes: {desc}; metrics need one size, resize them first")
-        size = min(next(iter(sizes))) if sizes else 0
-        x, _ = load_image_folder(path, size)
-        return {"kind": "images", "x": x, "y": None, "name": str(path), "dataset": None}
-    if name in TOY_SETS:
-        g = torch.Generator().manual_seed(cfg.seed + (1 if split == "test" else 0))
-        x = sample_toy(name, n_like or cfg.num_real, g).numpy().astype(np.float32)
-        return {"kind": "points", "x": x, "y": None, "name": f"{name} ({len(x)} points)", "dataset": name}
-    if name in IMAGE_SETS:
-        if split not in ("train", "test"):
-            raise UserError(f"unknown split '{split}' in '{spec}': use {name}:train or {name}:test")
-        x, y = load_images(name, cfg.data_dir, {"cifar10": 32}.get(name, 28), split)
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.num_real]
-        return {"kind": "images", "x": to_uint8(x[idx]), "y": y[idx].numpy(), "name": f"{name}:{split}",
-                "dataset": name, "split": split}
-    raise UserError(f"'{spec}' is neither a .npz file, a folder, nor a dataset name "
-                    f"({', '.join(IMAGE_SETS + TOY_SETS)}, optionally with :train or :test)")
-
-
-# ----------------------------------------------------------------------------------------------
-# 3. Feature extractors.
-#    (a) The FID Inception-V3: the TensorFlow graph of 2015-12-05 as the standard PyTorch FID code
-#        rebuilds it. Parameter names follow torchvision's Inception3, so the published weight file
-#        loads with strict=True. It differs from torchvision's network in three ways, each a detail
-#        of the TensorFlow graph that the published FID numbers depend on:
-#        - 1008 output classes (TF's label map), not 1000;
-#        - the average pools inside Mixed_5*, Mixed_6b-e and Mixed_7b exclude the zero padding from
-#          the average (count_include_pad=False, TF's behaviour), torchvision's include it;
-#        - Mixed_7c pools its pool branch with a 3x3 MAX pool, not an average pool (a quirk of the
-#          TF graph).
-# ----------------------------------------------------------------------------------------------
-class BasicConv2d(nn.Module):
-    """conv (no bias) -> BatchNorm (eps 1e-3, TF's) -> ReLU."""
-    def __init__(self, c_in, c_out, **kw):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, bias=False, **kw)
-        self.bn = nn.BatchNorm2d(c_out, eps=0.001)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
-
-
-def avg_pool_tf(x):
-    # 3x3 average over the valid (unpadded) pixels only: count_include_pad=False
-    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-
-
-class InceptionA(nn.Module):  # Mixed_5b, 5c, 5d: 1x1 | 5x5 | double 3x3 | pool -> 1x1
-    def __init__(self, c_in, pool_features):
-        super().__init__()
-        self.branch1x1 = BasicConv2d(c_in, 64, kernel_size=1)
-        self.branch5x5_1 = BasicConv2d(c_in, 48, kernel_size=1)
-        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
-        self.branch3x3dbl_1 = BasicConv2d(c_in, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
-        self.branch_pool = BasicConv2d(c_in, pool_features, kernel_size=1)
-
-    def forward(self, x):
-        return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          self.branch_pool(avg_pool_tf(x))], 1)
-
-
-class InceptionB(nn.Module):  # Mixed_6a: grid reduction 35 -> 17
-    def __init__(self, c_in):
-        super().__init__()
-        self.branch3x3 = BasicConv2d(c_in, 384, kernel_size=3, stride=2)
-        self.branch3x3dbl_1 = BasicConv2d(c_in, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
-
-    def forward(self, x):
-        return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          F.max_pool2d(x, 3, stride=2)], 1)
-
-
-class InceptionC(nn.Module):  # Mixed_6b-e: 7x7 convolutions factorised into 1x7 and 7x1
-    def __init__(self, c_in, c7):
-        super().__init__()
-        self.branch1x1 = BasicConv2d(c_in, 192, kernel_size=1)
-        self.branch7x7_1 = BasicConv2d(c_in, c7, kernel_size=1)
-        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_1 = BasicConv2d(c_in, c7, kernel_size=1)
-        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch_pool = BasicConv2d(c_in, 192, kernel_size=1)
-
-    def forward(self, x):
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        d = x
-        for i in range(1, 6):
-            d = getattr(self, f"branch7x7dbl_{i}")(d)
-        return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(avg_pool_tf(x))], 1)
-
-
-class InceptionD(nn.Module):  # Mixed_7a: grid reduction 17 -> 8
-    def __init__(self, c_in):
-        super().__init__()
-        self.branch3x3_1 = BasicConv2d(c_in, 192, kernel_size=1)
-        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
-        self.branch7x7x3_1 = BasicConv2d(c_in, 192, kernel_size=1)
-        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
-
-    def forward(self, x):
-        b7 = x
-        for i in range(1, 5):
-            b7 = getattr(self, f"branch7x7x3_{i}")(b7)
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1)
-
-
-class InceptionE(nn.Module):  # Mixed_7b, 7c: expanded filter banks (1x3 and 3x1 side by side)
-    def __init__(self, c_in, max_pool):
-        super().__init__()
-        self.max_pool = max_pool  # True only for Mixed_7c: the TF graph's max pool
-        self.branch1x1 = BasicConv2d(c_in, 320, kernel_size=1)
-        self.branch3x3_1 = BasicConv2d(c_in, 384, kernel_size=1)
-        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = BasicConv2d(c_in, 448, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
-        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch_pool = BasicConv2d(c_in, 192, kernel_size=1)
-
-    def forward(self, x):
-        b3 = self.branch3x3_1(x)
-        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else avg_pool_tf(x)
-        return torch.cat([self.branch1x1(x), self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-                          self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d), self.branch_pool(pooled)], 1)
-
-
-class FIDInceptionV3(nn.Module):
-    """Returns the features of one layer (dims 64, 192, 768 or 2048, spatially averaged) and the
-    1008-class logits (used by the Inception Score) when dims = 2048."""
-    def __init__(self, dims=2048):
-        super().__init__()
-        self.dims = dims
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = InceptionA(192, 32), InceptionA(256, 64), InceptionA(288, 64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b, self.Mixed_6c = InceptionC(768, 128), InceptionC(768, 160)
-        self.Mixed_6d, self.Mixed_6e = InceptionC(768, 160), InceptionC(768, 192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b, self.Mixed_7c = InceptionE(1280, max_pool=False), InceptionE(2048, max_pool=True)
-        self.fc = nn.Linear(2048, 1008)
-
-    def forward(self, x):
-        """x: float N x 3 x H x W in [0, 1] -> (features N x dims, logits N x 1008 or None)."""
-        # The standard preprocessing, named: BILINEAR resize to 299 x 299 WITHOUT antialiasing
-        # (align_corners=False), then scale [0, 1] -> [-1, 1].
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False, antialias=False)
-        x = 2 * x - 1
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = F.max_pool2d(x, 3, stride=2)                                       # 64 x 73 x 73
-        if self.dims == 64:
-            return x.mean((2, 3)), None
-        x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)  # 192 x 35 x 35
-        if self.dims == 192:
-            return x.mean((2, 3)), None
-        for block in ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"]:
-            x = getattr(self, block)(x)                                        # 768 x 17 x 17
-        if self.dims == 768:
-            return x.mean((2, 3)), None
-        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x))).mean((2, 3))       # 2048: global average pool
-        return x, self.fc(x)
-
-
-def load_inception(cfg, device):
-    """The FID Inception with the published weights; returns (model, weights hash)."""
-    if cfg.weights:
-        path = Path(cfg.weights)
-        if not path.is_file():
-            raise UserError(f"--weights {path}: no such file")
-    else:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
-        if not path.is_file():
-            download([INCEPTION_URL], path, INCEPTION_SHA256_PREFIX, "sha256")
-    digest = file_hash(path, "sha256")
-    if not cfg.weights and not digest.startswith(INCEPTION_SHA256_PREFIX):
-        raise UserError(f"{path} fails its SHA-256 check (corrupt or truncated); delete it and run again")
-    model = FIDInceptionV3(cfg.dims)
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    except Exception as e:
-        raise UserError(f"{path} is not the FID Inception weight file ({type(e).__name__}: {str(e)[:200]})")
-    return model.eval().to(device), digest[:16]
-
-
-# (b) A small CNN for 28 x 28 grey images: our offline extractor for (Fashion-)MNIST. Its 128-d
-#     penultimate layer gives the features, its softmax the predictions p(c|x).
-class Classifier(nn.Module):
-    def __init__(self, n_classes=10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),           # 32 x 14 x 14
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),          # 64 x 7 x 7
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, n_classes))
-
-    def forward(self, x):
-        """x: float N x 1 x 28 x 28 in [-1, 1] -> (features N x 128, logits N x 10)."""
-        f = self.features(x)
-        return f, self.head(f)
-
-
-def load_classifier(path, device):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no classifier at {path}: train it once with `python fid.py train-classifier "
-                        f"--dataset {path.stem}` (a few CPU minutes), or pass --classifier")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        assert isinstance(state, dict) and state.get("kind") == "classifier"
-        model = Classifier()
-        model.load_state_dict(state["model"])
-    except Exception:
-        raise UserError(f"{path} is not a classifier checkpoint written by `fid.py train-classifier`")
-    return model.eval().to(device), file_hash(path, "sha256")[:16]
-
-
-@torch.no_grad()
-def extract(src, extractor, model, cfg, device):
-    """Features (float64 N x d) and class probabilities p(c|x) (N x K, or None) of a source."""
-    x = src["x"]
-    if extractor == "raw":
-        return x.astype(np.float64), None
-    feats, probs = [], []
-    for i in range(0, len(x), cfg.batch_size):
-        b = torch.from_numpy(np.array(x[i:i + cfg.batch_size])).permute(0, 3, 1, 2).float().to(device) / 255
-        if extractor == "inception":
-            b = b.expand(-1, 3, -1, -1)  # grey -> RGB by repeating the channel
-        else:
-            if b.shape[1] == 3:
-                b = b.mean(1, keepdim=True)
-            b = b * 2 - 1  # the classifier is trained on [-1, 1], like every script's data
-        f, logits = model(b)
-        feats.append(f.double().cpu()), probs.append(None if logits is None else logits.double().softmax(1).cpu())
-    f = torch.cat(feats).numpy()
-    if not np.isfinite(f).all():
-        raise UserError(f"features of {src['name']} contain NaN/inf: the images or the extractor's weights are broken")
-    return f, (None if probs[0] is None else torch.cat(probs).numpy())
-
-
-# ----------------------------------------------------------------------------------------------
-# 4. The metrics.
-# ----------------------------------------------------------------------------------------------
-def gaussian_statistics(f, name="features", notes=None):
-    """mu and Sigma (float64, unbiased) of N x d features, with diagnostics instead of silence."""
-    n, d = f.shape
-    mu, sigma = f.mean(0), np.cov(f, rowvar=False).reshape(d, d)
-    if notes is not None:
-        if n <= d:
-            notes.append(f"{name}: only {n} samples for {d}-dimensional features, so Sigma has rank <= {n - 1} "
-                         f"and the estimate is poor; a Frechet distance needs N well above d (10,000+ is the standard)")
-        ev = np.linalg.eigvalsh(sigma)
-        rank = int((ev > ev.max() * 1e-10).sum()) if ev.max() > 0 else 0
-        if rank < d:
-            notes.append(f"{name}: Sigma is rank-deficient (rank {rank} of {d}); its tiny/negative round-off "
-                         "eigenvalues are clamped to 0 in the square root, no offset is added")
-    return mu, sigma
-
-
-def psd_sqrt(sigma):
-    """Sigma^{1/2} of a symmetric positive semi-definite matrix: V diag(sqrt(max(lambda, 0))) V^T."""
-    lam, V = np.linalg.eigh(sigma)
-    return (V * np.sqrt(np.clip(lam, 0, None))) @ V.T
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2):
-    """Frechet (2-Wasserstein) distance between N(mu1, Sigma1) and N(mu2, Sigma2), in float64:
-        d^2 = ||mu1 - mu2||^2 + Tr(Sigma1) + Tr(Sigma2) - 2 Tr((Sigma1 Sigma2)^{1/2}).
-    Why Tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(S1^{1/2} S2 S1^{1/2})):
-      - AB and BA have the same eigenvalues. With A = S1^{1/2} and B = S1^{1/2} S2:
-        AB = S1 S2 and BA = S1^{1/2} S2 S1^{1/2} =: M.
-      - M is symmetric positive semi-definite (x^T M x = (S1^{1/2} x)^T S2 (S1^{1/2} x) >= 0), so its
-        eigenvalues lambda_i are real and >= 0; S1 S2 is not symmetric, but has the same lambda_i.
-      - (S1 S2)^{1/2} is the matrix whose square is S1 S2; its eigenvalues are sqrt(lambda_i), and a
-        trace is the sum of eigenvalues.
-    So two symmetric eigendecompositions (S1^{1/2}, then the eigenvalues of M) replace a general
-    (Schur-based) square root of a non-symmetric matrix: faster, and exactly real."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise UserError(f"the two sets of statistics have different dimensions ({mu1.shape} vs {mu2.shape})")
-    s1_half = psd_sqrt(sigma1)
-    M = s1_half @ sigma2 @ s1_half
-    lam = np.linalg.eigvalsh((M + M.T) / 2)  # symmetrise away round-off before the symmetric solver
-    tr_covmean = np.sqrt(np.clip(lam, 0, None)).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
-
-
-def kernel_inception_distance(f1, f2, subsets=100, subset_size=1000, seed=0):
-    """KID: unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over
-    random subsets. Unbiased: its expectation is 0 when both sets come from one distribution."""
-    rng = np.random.default_rng(seed)
-    d, m = f1.shape[1], min(subset_size, len(f1), len(f2))
-    if m < 2:
-        raise UserError("KID needs at least 2 samples in each set")
-    values = []
-    for _ in range(subsets):
-        x, y = f1[rng.choice(len(f1), m, replace=False)], f2[rng.choice(len(f2), m, replace=False)]
-        k_xx, k_yy, k_xy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
-        # MMD^2_u = sum_{i != j} k(x_i, x_j) / (m (m - 1)) + same for y - 2 sum_{i, j} k(x_i, y_j) / m^2
-        values.append((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)) + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
-                      - 2 * k_xy.sum() / m ** 2)
-    return float(np.mean(values)), float(np.std(values))
-
-
-def inception_score(p_yx, splits=10):
-    """IS = exp(E_x KL(p(c|x) || p(c))), p(c) = E_x p(c|x) within each split; mean and std over splits.
-    1 when every prediction is the same distribution; K (classes) for confident, balanced predictions.
-    The splits are random (a fixed permutation): samples stored class by class, as a conditional model
-    exports them, would otherwise put one class in each split and score about 1."""
-    scores = []
-    p_yx = p_yx[np.random.default_rng(0).permutation(len(p_yx))]
-    for part in np.array_split(p_yx, splits):
-        p_y = part.mean(0, keepdims=True)
-        kl = (part * (np.log(np.clip(part, 1e-12, None)) - np.log(np.clip(p_y, 1e-12, None)))).sum(1)
-        scores.append(math.exp(kl.mean()))
-    return float(np.mean(scores)), float(np.std(scores))
-
-
-def class_coverage(p_yx, y=None, class_names=None):
-    """The notes' diversity check: average the predicted class distributions over samples. Even means
-    diverse; a peak means mode collapse; a class that (almost) never wins means mode dropping."""
-    K = p_yx.shape[1]
-    p_c = p_yx.mean(0)                                  # p(c) = E_x p(c|x)
-    entropy = float(-(p_c * np.log(np.clip(p_c, 1e-12, None))).sum())
-    share = np.bincount(p_yx.argmax(1), minlength=K) / len(p_yx)
-    missing = [int(c) for c in np.flatnonzero(share < 0.1 / K)]  # won by < 10 % of its fair share 1/K
-    out = {"confidence": float(p_yx.max(1).mean()), "class_entropy": entropy, "max_entropy": math.log(K),
-           "class_share": [round(float(s), 4) for s in share], "missing_classes": missing}
-    if y is not None:  # samples that carry the label they were conditioned on
-        out["conditional_accuracy"] = float((p_yx.argmax(1) == np.asarray(y)).mean())
-    return out
-
-
-def nearest_distances(a, b, chunk=2048):
-    """For each row of a, the Euclidean distance to its nearest row of b (float32, chunked)."""
-    a, b = torch.from_numpy(a).float(), torch.from_numpy(b).float()
-    return torch.cat([torch.cdist(a[i:i + chunk], b).min(1).values for i in range(0, len(a), chunk)]).numpy()
-
-
-def memorisation(x_gen, x_train, x_heldout):
-    """Each generated image's pixel distance to its nearest training image, against the same distance
-    for real held-out images. A generator that copies sits far below the held-out curve; a sample is a
-    likely copy when it is closer than 99 % of held-out images ever are (their 1st percentile)."""
-    flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255
-    d_gen = nearest_distances(flat(x_gen), flat(x_train))
-    d_held = nearest_distances(flat(x_heldout), flat(x_train))
-    threshold = float(np.percentile(d_held, 1))
-    return {"median_nn_distance": float(np.median(d_gen)), "heldout_median_nn_distance": float(np.median(d_held)),
-            "copy_threshold": threshold, "likely_copies": float((d_gen < threshold).mean())}
-
-
-def mode_metrics(x, dataset):
-    """Modes captured and high-quality %, the VEEGAN / PacGAN definition: a sample is high quality if it
-    lies within 3 std of its nearest mode; a mode is captured if it is nearest to >= 1 such sample."""
-    centres, std = toy_centres(dataset)
-    dist, nearest = torch.cdist(torch.as_tensor(x, dtype=torch.float32), centres).min(1)
-    good = dist < 3 * std
-    return {"modes": int(nearest[good].unique().numel()), "of": len(centres), "high_quality": good.float().mean().item()}
-
-
-def to_uint8(x):
-    """[-1, 1] float N x C x H x W -> uint8 N x H x W x C in 0..255."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. Putting it together: choose the extractor, compute what applies, report.
-# ----------------------------------------------------------------------------------------------
-def choose_extractor(cfg, sources):
-    kinds = {s["kind"] for s in sources}
-    if "points" in kinds:
-        if kinds - {"points", "stats"}:
-            raise UserError("cannot compare 2-D points with images")
-        return "raw"
-    if cfg.extractor != "auto":
-        return cfg.extractor
-    imgs = [s for s in sources if s["kind"] == "images"]
-    if imgs and all(s["x"].shape[1:3] == (28, 28) and (s["x"].shape[3] == 1 or s.get("dataset") in ("mnist", "fashion-mnist"))
-                    for s in imgs):
-        return "classifier"
-    if not imgs:  # statistics only: use what they were computed with
-        return str(sources[0]["extractor"])
-    return "inception"
-
+        with_size = {}
+        for p in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_FILES):
+            from PIL import Image
+            with Image.open(p) as im:
+                with_size.setdefault(im.size, []).append(p.name)
+        if len(with_size) > 1:
+            raise SystemExit(f"{PROG}: error: {path} mixes image sizes (" + ", ".join(
+                f"{w}x{h}: {v[0]}..." for (w, h), v in with_size.items()) + "); resize them first")
+        w, h = next(iter(with_size), (1, 1))
+        x = load_data(str(path), cfg.data_dir, min(w, h))[0]
+        return {"kind": "images", "x": x.permute(0, 2, 3, 1).numpy(), "y": None, "name": str(path),
+                "note": f"{path}: {w}x{h} images centre-cropped to {min(w, h)}x{min(w, h)}; "
+                        "pytorch-fid would stretch them to 299x299 instead" if w != h else None}
+    if name in TOY_SETS:  # :test draws other points; :gaussian, one Gaussian with the set's moments
+        g = torch.Generator().manual_seed(cfg.seed + (split != "train"))
+        x = sample_toy(name, n_like or cfg.num_real, g).numpy().astype(np.float64)
+        if split == "gaussian":
+            big = sample_toy(name, 100000, g).double().numpy()
+            x = np.random.default_rng(cfg.seed).multivariate_normal(big.mean(0), np.cov(big.T), len(x))
+        return {"kind": "points", "x": x.astype(np.float32), "name": spec, "dataset": name}
+    if name in ("mnist", "fashion-mnist", "cifar10") and split in ("train", "test"):
+        x, y, _ = load_data(name, cfg.data_dir, 32 if name == "cifar10" else 28, split)
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+        keep = keep[:cfg.num_real]
+        return {"kind": "images", "x": x[keep].permute(0, 2, 3, 1).numpy(), "y": y[keep].numpy(),
+                "name": f"{name}:{split}", "dataset": name, "split": split}
+    raise SystemExit(f"{PROG}: error: '{spec}' is no .npz file, folder or data set: use " + ", ".join(
+        TOY_SETS) + ", mnist, fashion-mnist or cifar10, with :train or :test")
 
 def evaluate(cfg, device):
-    metrics = set(METRICS) if cfg.metrics == "all" else set(cfg.metrics.split(","))
-    if metrics - set(METRICS):
-        raise UserError(f"unknown metric(s) {', '.join(sorted(metrics - set(METRICS)))}: choose from {', '.join(METRICS)}")
-    if not 1 <= len(cfg.sources) <= 2 or (len(cfg.sources) == 1 and not cfg.save_stats):
-        raise UserError("give two sources, GENERATED and REAL (or one with --save-stats); see python fid.py --help")
+    """Load both sources, extract features, compute every metric that applies."""
+    metrics = {"fid", "kid", "is", "coverage", "memorisation", "modes"}
+    asked = metrics if cfg.metrics == "all" else set(cfg.metrics.split(","))
+    if asked - metrics or len(cfg.sources) not in (2, 2 - bool(cfg.save_stats)):
+        raise SystemExit(f"{PROG}: error: " + (f"unknown metric {', '.join(asked - metrics)}: "
+                         f"choose from {','.join(sorted(metrics))}" if asked - metrics else
+                         "give GENERATED and REAL sources (one with --save-stats); see --help"))
     gen = load_source(cfg.sources[0], cfg)
-    sources = [gen] + ([load_source(cfg.sources[1], cfg, n_like=len(gen.get("x", [])) or None)]
-                       if len(cfg.sources) == 2 else [])
-    extractor = choose_extractor(cfg, sources)
-    dataset = next((s["dataset"] for s in sources if s.get("dataset")), None)
-    model, whash = None, "none"
-    if extractor == "inception" and any(s["kind"] == "images" for s in sources):
-        model, whash = load_inception(cfg, device)
-    elif extractor == "classifier" and any(s["kind"] == "images" for s in sources):
+    sources = [gen] + [load_source(s, cfg, len(gen.get("x", []))) for s in cfg.sources[1:]]
+    kinds, dataset = {s["kind"] for s in sources}, next((s["dataset"] for s in sources[::-1]
+                                                         if s.get("dataset")), None)  # REAL's
+    if {"points", "images"} <= kinds:
+        raise SystemExit(f"{PROG}: error: cannot compare 2-D points with images")
+    images = [s["x"] for s in sources if s["kind"] == "images"]
+    grey28 = all(x.shape[1:3] == (28, 28) and (x.shape[3] == 1 or dataset in ("mnist",
+                 "fashion-mnist")) for x in images)
+    extractor = ("raw" if "points" in kinds else cfg.extractor if cfg.extractor != "auto" else
+                 "classifier" if images and grey28 else "inception" if images else
+                 str(sources[0]["extractor"]))
+    model, weights, notes = None, "none", [s["note"] for s in sources if s.get("note")]
+    if extractor == "inception" and images:
+        model, weights = load_inception(cfg, device, notes)
+    elif extractor == "classifier" and images:
+        if not grey28:
+            raise SystemExit(f"{PROG}: error: the classifier takes 28x28 images; use "
+                             "--extractor inception for other sizes")
         if not cfg.classifier and dataset not in ("mnist", "fashion-mnist"):
-            raise UserError("the classifier extractor needs --classifier PATH when no source names mnist or fashion-mnist")
-        model, whash = load_classifier(cfg.classifier or Path(cfg.data_dir) / "classifiers" / f"{dataset}.pt", device)
-        if any(s["kind"] == "images" and s["x"].shape[1:3] != (28, 28) for s in sources):
-            raise UserError("the classifier takes 28x28 images; use --extractor inception for other sizes")
-    dims = {"inception": cfg.dims, "classifier": 128, "raw": 2}[extractor]
-    if all(s["kind"] == "stats" for s in sources):  # nothing to extract: the statistics say what they are
-        dims, whash = int(sources[0]["dims"]), str(sources[0]["weights_hash"])
-    label = {"inception": "FID", "classifier": "FD (classifier features)", "raw": "FD (2-D points)"}[extractor]
-    notes, stats, feats, probs = [], [], [], []
+            raise SystemExit(f"{PROG}: error: --classifier PATH is needed when no source names "
+                             "mnist or fashion-mnist")
+        model, weights = load_classifier(cfg.classifier or Path(cfg.data_dir, "classifiers",
+                                                                f"{dataset}.pt"), device)
+    dims = {"inception": cfg.dims, "classifier": 128, "raw": 2}[extractor] if images or \
+        "points" in kinds else int(sources[0]["dims"])  # statistics alone: as computed
+    stats, feats, probs = [], [], []
     for s in sources:
-        if s["kind"] == "stats":
-            prov = (str(s["extractor"]), int(s["dims"]), str(s["weights_hash"]))
-            if prov != (extractor, dims, whash):
-                raise UserError(f"{s['name']} holds statistics of {prov[0]} features ({prov[1]}-d, weights {prov[2]}); "
-                                f"the other side uses {extractor} ({dims}-d, weights {whash}): they cannot be compared")
+        if s["kind"] == "stats":  # statistics from a file must match the other side's features
+            known = str(s["weights_hash"])  # "none": pytorch-fid's files do not say
+            if (str(s["extractor"]), int(s["dims"])) != (extractor, dims) or known != weights \
+                    and "none" not in (known, weights):
+                raise SystemExit(f"{PROG}: error: {s['name']} holds {s['extractor']} statistics "
+                                 f"({s['dims']}-d, weights {s['weights_hash']}), the other side "
+                                 f"{extractor} ({dims}-d, weights {weights}): not comparable")
             stats.append((s["mu"], s["sigma"])), feats.append(None), probs.append(None)
+            weights = known if weights == "none" else weights
             continue
         f, p = extract(s, extractor, model, cfg, device)
         stats.append(gaussian_statistics(f, s["name"], notes)), feats.append(f), probs.append(p)
-    results = {"generated": gen["name"], "reference": sources[1]["name"] if len(sources) > 1 else None,
-               "extractor": extractor, "dims": dims, "weights_hash": whash,
-               "n": [int(len(s["x"])) if "x" in s else int(s["n"]) for s in sources]}
+    n = [len(s["x"]) if "x" in s else int(s["n"]) for s in sources]
+    what = {"inception": "", "classifier": " (classifier features)", "raw": " (2-D points)"}[extractor]
+    i = "I" * (extractor == "inception")  # the I of FID, KID: for Inception features only
+    r = {"generated": gen["name"], "reference": sources[-1]["name"] if len(sources) == 2 else None,
+         "extractor": extractor, "dims": dims, "weights_hash": weights, "n": n}
     if cfg.save_stats:
-        mu, sigma = stats[0]
-        write_atomic(cfg.save_stats, lambda f: np.savez(f, mu=mu, sigma=sigma, n=results["n"][0], extractor=extractor,
-                                                        dims=dims, weights_hash=whash, source=gen["name"]))
-        results["saved_stats"] = cfg.save_stats
-    if len(sources) == 2 and "fid" in metrics:
-        results[label] = frechet_distance(*stats[0], *stats[1])
-    if len(sources) == 2 and "kid" in metrics and feats[0] is not None and feats[1] is not None:
-        results["KID"] = kernel_inception_distance(feats[0], feats[1], cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
-    if probs[0] is not None and "is" in metrics:
-        results["Inception Score" if extractor == "inception" else "classifier score"] = inception_score(probs[0], cfg.splits)
-    if probs[0] is not None and "coverage" in metrics:
-        if extractor == "classifier":  # labels can be checked against our 10-class classifier only
-            results["coverage"] = class_coverage(probs[0], gen.get("y"))
-        else:                          # TF's 1008 outputs: 0 is background, 1..1000 the ImageNet classes
-            results["coverage"] = class_coverage(probs[0][:, 1:1001])
-    if "memorisation" in metrics and gen.get("dataset"):
-        notes.append("memorisation skipped: the first source is real data, not samples")
-    elif "memorisation" in metrics and gen["kind"] == "images" and dataset in IMAGE_SETS:
-        size = {"cifar10": 32}.get(dataset, 28)
-        if gen["x"].shape[1] == size:
-            x_train, _ = load_images(dataset, cfg.data_dir, size, "train")
-            x_held, _ = load_images(dataset, cfg.data_dir, size, "test")
-            held = to_uint8(x_held[torch.randperm(len(x_held), generator=torch.Generator().manual_seed(cfg.seed))[:len(gen["x"])]])
-            results["memorisation"] = memorisation(gen["x"], to_uint8(x_train), held)
-    if "modes" in metrics and gen["kind"] == "points" and dataset in ("8gaussians", "25gaussians"):
-        results["modes"] = mode_metrics(gen["x"], dataset)
-    results["notes"] = notes
-    return results
+        np.savez(b := io.BytesIO(), mu=stats[0][0], sigma=stats[0][1], n=n[0], extractor=extractor,
+                 dims=dims, weights_hash=weights, source=gen["name"])
+        write_atomic(cfg.save_stats, b.getvalue())
+        r["saved_stats"] = cfg.save_stats
+    if len(sources) == 2 and "fid" in asked:
+        r[f"F{i}D{what}"] = frechet_distance(*stats[0], *stats[1])
+        if min(n) < 10000 and extractor != "raw":
+            notes.append(f"N = {min(n)}: FD is biased upwards at small N; compare at equal N")
+    if len(sources) == 2 and "kid" in asked and feats[0] is not None and feats[1] is not None:
+        r[f"K{i}D{what}"] = kernel_distance(*feats, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+    if probs[0] is not None and "is" in asked:
+        r["Inception Score" if i else "classifier score"] = inception_score(probs[0], cfg.splits)
+    if probs[0] is not None and "coverage" in asked:
+        r["coverage"] = class_coverage(probs[0], gen.get("y"), imagenet=bool(i))
+    if "memorisation" in asked and gen["kind"] == "images" and not gen.get("dataset") \
+            and dataset in ("mnist", "fashion-mnist", "cifar10"):
+        size = 32 if dataset == "cifar10" else 28
+        x_train, x_held = (load_data(dataset, cfg.data_dir, size, split)[0] for split in ("train",
+                                                                                            "test"))
+        x_held = x_held[torch.randperm(len(x_held), generator=torch.Generator().manual_seed(
+            cfg.seed))[:len(gen["x"])]]
+        r["memorisation"] = memorisation(gen["x"], *(x.permute(0, 2, 3, 1).numpy()
+                                                     for x in (x_train, x_held)))
+    if "modes" in asked and gen["kind"] == "points" and dataset in TOY_SETS[:2]:
+        r["modes"] = mode_metrics(gen["x"], dataset)
+    return {**r, "notes": notes}
 
-
-def print_table(r):
-    print(f"{r['generated']} vs {r['reference']}  |  {r['extractor']} features ({r['dims']}-d), N = {r['n']}")
+def report(r):
+    print(f"{r['generated']} vs {r['reference']}: {r['extractor']} features ({r['dims']}-d), "
+          f"N = {r['n']}")
     for key, v in r.items():
-        if key in ("FID", "FD (classifier features)", "FD (2-D points)"):
-            print(f"  {key:28s} {v:.4f}")
-        elif key == "KID":
-            print(f"  {'KID':28s} {v[0]:.5f} +- {v[1]:.5f}")
-        elif key in ("Inception Score", "classifier score"):
-            print(f"  {key:28s} {v[0]:.3f} +- {v[1]:.3f}  ({'of 1000' if key == 'Inception Score' else 'of 10'} at best)")
+        if key[1:3] == "ID" or key[:2] in ("FD", "KD"):
+            print(f"  {key:28s} " + (f"{v:.4f}" if key[0] == "F" else f"{v[0]:.5f} +- {v[1]:.5f}"))
+        elif key.endswith("core"):
+            print(f"  {key:28s} {v[0]:.3f} +- {v[1]:.3f}")
         elif key == "coverage":
-            print(f"  {'confidence (mean max p)':28s} {v['confidence']:.3f}")
-            print(f"  {'class entropy of E_x p(c|x)':28s} {v['class_entropy']:.3f} of {v['max_entropy']:.3f} nats; "
-                  f"missing classes: {v['missing_classes'] or 'none'}")
+            print(f"  {'confidence, mean max p(c|y)':28s} {v['confidence']:.3f}\n  "
+                  f"{'entropy of p(c) = E p(c|y)':28s} {v['class_entropy']:.3f} of "
+                  f"{v['max_entropy']:.3f} nats" + ("; missing classes: " + (", ".join(
+                      map(str, v["missing_classes"])) or "none") if "class_share" in v else ""))
             if "conditional_accuracy" in v:
-                print(f"  {'conditional accuracy':28s} {v['conditional_accuracy']:.3f}")
+                print(f"  {'asked-for class recognised':28s} {v['conditional_accuracy']:.3f}")
         elif key == "memorisation":
-            print(f"  {'nearest-train distance':28s} median {v['median_nn_distance']:.3f} (held-out real "
-                  f"{v['heldout_median_nn_distance']:.3f}); likely copies {100 * v['likely_copies']:.1f}%")
+            print(f"  {'nearest-train distance':28s} median {v['median_nn_distance']:.3f} (held-out "
+                  f"{v['heldout_median_nn_distance']:.3f}); likely copies {v['likely_copies']:.1%}")
         elif key == "modes":
-            print(f"  {'modes captured':28s} {v['modes']}/{v['of']}, high-quality {100 * v['high_quality']:.1f}%")
+            print(f"  {'modes captured':28s} {v['modes']}/{v['of']}, high quality "
+                  f"{v['high_quality']:.1%}")
         elif key == "saved_stats":
             print(f"  statistics saved to {v}")
-    for n in r["notes"]:
-        print(f"  note: {n}")
+    for note in r["notes"]:
+        print(f"  note: {note}")
 
-
-# ----------------------------------------------------------------------------------------------
-# 6. train-classifier: the offline feature extractor for (Fashion-)MNIST.
-# ----------------------------------------------------------------------------------------------
 def train_classifier(cfg, device):
-    x, y = load_images(cfg.dataset, cfg.data_dir, 28, "train")
-    x_test, y_test = load_images(cfg.dataset, cfg.data_dir, 28, "test")
+    """Adam on cross-entropy with small random shifts; prints and stores the test accuracy."""
+    (x, y, _), (x_test, y_test, _) = (load_data(cfg.dataset, cfg.data_dir, 28, s)
+                                      for s in ("train", "test"))
     torch.manual_seed(cfg.seed)
-    model = Classifier().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps, t0 = cfg.epochs * (len(x) // cfg.batch_size), time.time()
-    for step in range(1, steps + 1):
-        if (step - 1) % (len(x) // cfg.batch_size) == 0:
-            order = torch.randperm(len(x))
-        idx = order[((step - 1) % (len(x) // cfg.batch_size)) * cfg.batch_size:][:cfg.batch_size]
-        xb = x[idx].to(device)
-        xb = torch.roll(xb, tuple(torch.randint(-2, 3, (2,)).tolist()), (2, 3))  # small shifts: robustness
-        loss = F.cross_entropy(model(xb)[1], y[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 200 == 0 or step == steps:
-            rate = step / (time.time() - t0)
-            print(f"step {step}/{steps}  loss {loss.item():.3f}  {rate:.1f} steps/s  left {fmt_time((steps - step) / rate)}", flush=True)
-    model.eval()
+    model, per_epoch = Classifier().to(device), len(x) // cfg.batch_size
+    opt, steps, t0 = torch.optim.Adam(model.parameters(), lr=cfg.lr), cfg.epochs * per_epoch, time.time()
+    for step in range(steps):
+        order = torch.randperm(len(x)) if step % per_epoch == 0 else order
+        idx = order[step % per_epoch * cfg.batch_size:][:cfg.batch_size]
+        xb = torch.roll(x[idx].float() / 127.5 - 1, torch.randint(-2, 3, (2,)).tolist(), (2, 3))
+        loss = F.cross_entropy(model(xb.to(device))[1], y[idx].to(device))
+        opt.zero_grad(set_to_none=True), loss.backward(), opt.step()
+        if (step + 1) % 200 == 0 or step + 1 == steps:
+            left = (steps - step - 1) * (time.time() - t0) / (step + 1)
+            print(f"step {step + 1}/{steps}  loss {loss.item():.3f}  {left // 60:.0f}:"
+                  f"{left % 60:02.0f} left", flush=True)
     with torch.no_grad():
-        pred = torch.cat([model(xb.to(device))[1].argmax(1).cpu() for xb in x_test.split(1000)])
-    acc = (pred == y_test).float().mean().item()
-    out = Path(cfg.out or Path(cfg.data_dir) / "classifiers" / f"{cfg.dataset}.pt")
-    state = {"script": SCRIPT, "kind": "classifier", "dataset": cfg.dataset, "test_accuracy": acc,
-             "model": {k: v.cpu() for k, v in model.state_dict().items()}}
-    write_atomic(out, lambda f: torch.save(state, f))
-    print(f"test accuracy {100 * acc:.2f}% on the {len(y_test)} {cfg.dataset} test images; saved {out}")
+        pred = torch.cat([model.eval()(xb.to(device).float() / 127.5 - 1)[1].argmax(1).cpu()
+                          for xb in x_test.split(1000)])
+    acc, out = (pred == y_test).float().mean().item(), Path(cfg.out or Path(
+        cfg.data_dir, "classifiers", f"{cfg.dataset}.pt"))
+    torch.save({"dataset": cfg.dataset, "test_accuracy": acc, "model": {
+        k: v.cpu() for k, v in model.state_dict().items()}}, b := io.BytesIO())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, b.getvalue())
+    print(f"test accuracy {acc:.2%} on the {len(y_test)} {cfg.dataset} test images; saved {out}")
     return model, acc
 
+def options(argv):
+    train = argv[:1] == ["train-classifier"]
+    p = argparse.ArgumentParser("fid.py" + " train-classifier" * train, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = lambda flag, default, text, **kw: p.add_argument(
+        flag, default=default, help=f"{text} (default: {default})", **kw,
+        **{} if "choices" in kw or "action" in kw else {"type": type(default)})
+    if train:
+        add("--dataset", "fashion-mnist", "data set to train on", choices=["mnist", "fashion-mnist"])
+        add("--epochs", 3, "passes over the 60,000 training images")
+        add("--lr", 1e-3, "Adam's learning rate")
+        add("--out", "", "checkpoint; empty: <data-dir>/classifiers/<dataset>.pt")
+    else:
+        p.add_argument("sources", nargs="*", help="GENERATED [REAL]: the samples and the reference")
+        add("--extractor", "auto", "features: auto takes raw for 2-D points, classifier for 28x28 "
+            "grey images, else inception", choices=["auto", "inception", "classifier", "raw"])
+        add("--dims", 2048, "Inception layer: 64, 192, 768 (inner pools) or 2048 (the standard)",
+            type=int, choices=[64, 192, 768, 2048])
+        add("--weights", "", "Inception weight file; empty: downloaded once to torch's hub cache")
+        add("--classifier", "", "empty: <data-dir>/classifiers/<dataset>.pt")
+        add("--metrics", "all", "comma-separated: fid,kid,is,coverage,memorisation,modes")
+        add("--num-real", 10000, "real images or points drawn from a data set name")
+        add("--kid-subsets", 100, "KID: random subsets")
+        add("--kid-subset-size", 1000, "KID: subset size, at most the smaller set")
+        add("--splits", 10, "Inception / classifier score: splits")
+        add("--save-stats", "", "write mu, Sigma and their provenance of the first source here")
+        add("--json", False, "print the results as JSON", action="store_true")
+    add("--batch-size", 128 if train else 100, "images per step or forward pass")
+    add("--data-dir", "./data", "where data sets are found, or downloaded to")
+    add("--seed", 0, "random seed")
+    add("--device", "auto", "auto takes cuda, else mps, else cpu", choices=["auto", "cpu", "cuda",
+                                                                             "mps"])
+    return p, p.parse_args(argv[train:])
 
-# --- scaffolding: files, device (identical in every script; skip on first read) ---
-def fmt_time(s):
-    return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
+PROG = "fid.py"
 
-
-def write_atomic(path, write, mode="wb"):
-    """Write to a temporary file, then rename: an interrupted write never leaves a broken file."""
-    path = Path(path)
+# --- plumbing: gan.py's block, the parts fid.py uses (identical copies); skip on first read ---
+IMAGE_FILES = (".png", ".jpg", ".jpeg")
+MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz"]
+SOURCES = {  # dataset: (where its files are published, {file: MD5})
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", dict(zip(MNIST, [
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"]))),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", dict(zip(
+        MNIST, ["8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/",
+                {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"})}
+def fetch(name, file, data_dir):
+    """<data-dir>/<name>/<file>, else Debian's copy, else a download checked against its MD5."""
+    path, url = Path(data_dir, name, file), SOURCES[name][0] + file
+    for found in (path, Path("/usr/share/datasets", name, file)):
+        if found.is_file():
+            return found
+    try:
+        print(f"downloading {url}", file=sys.stderr, flush=True)
+        data = urllib.request.urlopen(url, timeout=60).read()
+    except OSError as e:
+        raise SystemExit(f"{PROG}: error: cannot download {url} ({getattr(e, 'reason', e)}); "
+                         f"with no network, put {file} in {path.parent.resolve()}/") from None
+    if hashlib.md5(data).hexdigest() != SOURCES[name][1][file]:
+        raise SystemExit(f"{PROG}: error: {url} fails its MD5 check (nothing was saved); try again")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, mode) as f:
-        write(f)
-    os.replace(tmp, path)
+    write_atomic(path, data)
+    return path
 
+def load_data(name, data_dir, size, split="train"):
+    """x: uint8 images N x C x size x size, y: int64 labels, and the class names."""
+    files, arrays, names = [], [], [str(c) for c in range(10)]
+    try:
+        if name in ("mnist", "fashion-mnist"):  # IDX: 0 0 8 ndim, ndim big-endian uint32s, bytes
+            for ndim, f in zip((3, 1), MNIST[:2] if split == "train" else MNIST[2:]):
+                files.append(fetch(name, f, data_dir))
+                b = gzip.decompress(files[-1].read_bytes())
+                if b[:4] != bytes([0, 0, 8, ndim]):
+                    raise ValueError(f"{files[-1]} is not an IDX file of {ndim} dimensions")
+                dims = [int.from_bytes(b[4 * i + 4:4 * i + 8], "big") for i in range(ndim)]
+                arrays.append(np.frombuffer(b, np.uint8, offset=4 + 4 * ndim).reshape(dims))
+            x, y = arrays[0][:, None], arrays[1]
+        elif name == "cifar10":  # the binary version: records of a label byte + 3 x 32 x 32 bytes
+            files = [fetch(name, "cifar-10-binary.tar.gz", data_dir)]
+            parts = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+            with tarfile.open(files[0]) as tar:
+                b = b"".join(tar.extractfile(f"cifar-10-batches-bin/{f}.bin").read() for f in parts)
+            records = np.frombuffer(b, np.uint8).reshape(-1, 3073)
+            x, y = records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0]
+        elif Path(name).is_dir():  # every png/jpg below, centre-cropped square; sub-folder = class
+            from PIL import Image, ImageOps
+            files = sorted(p for p in Path(name).rglob("*") if p.suffix.lower() in IMAGE_FILES)
+            labels = [p.relative_to(name).parts[0] if p.parent != Path(name) else "" for p in files]
+            names = sorted(set(labels))
+            x = [np.asarray(ImageOps.fit(Image.open(p).convert("RGB"), (size,) * 2)) for p in files]
+            x, y = np.stack(x).transpose(0, 3, 1, 2), [names.index(c) for c in labels]
+        else:
+            raise SystemExit(f"{PROG}: error: unknown dataset '{name}': choose one of " + ", ".join(
+                TOY_SETS) + ", mnist, fashion-mnist, cifar10, or a folder of images")
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+    except (OSError, EOFError, ValueError, KeyError, AttributeError, tarfile.TarError, zlib.error) \
+            as e:  # a truncated, corrupt or foreign file
+        raise SystemExit(f"{PROG}: error: no .png or .jpg images below {name}" if not files else
+                         f"{PROG}: error: cannot read {name} ({e}); delete the bad file") from None
+    x = torch.from_numpy(np.array(x))
+    if x.shape[-1] != size:  # resized once, kept as uint8
+        x = F.interpolate(x.float(), (size, size), mode="bilinear", antialias=True)
+        x = x.round().clamp(0, 255).byte()
+    return x, torch.tensor(np.array(y, dtype=np.int64)), names
 
 def pick_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available() or name == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name} was asked for but is not available here; use --device auto or cpu")
-    return name
+    have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name != "cpu" and not have.get(name, True):
+        raise SystemExit(f"{PROG}: error: --device {name} is not available here; use auto or cpu")
+    return name if name != "auto" else next((d for d in have if have[d]), "cpu")
 
+def write_atomic(path, data):
+    tmp = Path(f"{path}.tmp")
+    tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+    os.replace(tmp, path)
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv[:1] == ["train-classifier"]:
-            cfg = build_classifier_parser().parse_args(argv[1:])
-            return train_classifier(cfg, pick_device(cfg.device))
-        cfg = build_parser().parse_args(argv)
-        if not cfg.sources:
-            build_parser().print_help()
-            return None
-        results = evaluate(cfg, pick_device(cfg.device))
-        print(json.dumps(results, indent=1)) if cfg.json else print_table(results)
-        return results
-    except UserError as e:
-        print(f"fid.py: error: {e}", file=sys.stderr)
-        raise SystemExit(1)
-
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, cfg = options(argv)
+    device = pick_device(cfg.device)
+    if argv[:1] == ["train-classifier"]:
+        return train_classifier(cfg, device)
+    if not cfg.sources:
+        return parser.print_help()
+    results = evaluate(cfg, device)
+    print(json.dumps(results, indent=1)) if cfg.json else report(results)
+    return results
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """Tests for fid.py: closed forms and scipy for the Frechet distance, known answers for KID / IS /
 coverage / memorisation, the FID Inception's layout against a table written from the architecture,
 loaders, downloads against a local server, and bad inputs."""
+import hashlib
 import json
 import math
 import subprocess
@@ -13,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 import fid
-from helpers import expect_user_error, FASHION_SYSTEM_DIR, closed_port_url, http_server, write_image_folder, write_mnist_like
+from helpers import (expect_user_error, FASHION_SYSTEM_DIR, closed_port_url, http_server, write_idx,
+                     write_image_folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg_for(*argv):
-    return fid.build_parser().parse_args(list(map(str, argv)))
+    return fid.options(list(map(str, argv)))[1]
 
 
 def error_of(capsys, argv):
@@ -70,8 +72,11 @@ def test_rank_deficient_covariance_is_reported_and_exact():
     assert fid.frechet_distance(np.zeros(5), S1, np.ones(5), S2) == pytest.approx(5 + (2 - 0.5) ** 2, rel=1e-12)
     notes = []
     fid.gaussian_statistics(np.random.default_rng(0).standard_normal((10, 20)), "tiny", notes)
-    assert any("only 10 samples for 20-dimensional" in n for n in notes)
-    assert any("rank-deficient (rank 9 of 20)" in n for n in notes)
+    assert notes == ["tiny: 10 samples of 20-d features: Sigma has rank <= 9, a poor estimate; a "
+                     "Frechet distance needs N well above d"]
+    dead = np.random.default_rng(0).standard_normal((100, 20)) * (np.arange(20) < 15)  # 5 dead units
+    fid.gaussian_statistics(dead, "relu", notes)
+    assert notes[1].startswith("relu: Sigma has rank 15 of 20")
 
 
 @pytest.mark.parametrize("d", [8, 256, pytest.param(2048, marks=pytest.mark.slow)])
@@ -99,15 +104,15 @@ def kid_by_loops(x, y):
 def test_kid_matches_the_written_out_estimator():
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((12, 5)), rng.standard_normal((12, 5)) + 0.5
-    mean, std = fid.kernel_inception_distance(x, y, subsets=3, subset_size=12)  # the subset is the whole set
+    mean, std = fid.kernel_distance(x, y, subsets=3, subset_size=12)  # the subset is the whole set
     assert mean == pytest.approx(kid_by_loops(x, y), rel=1e-10) and std == pytest.approx(0, abs=1e-12)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((2000, 16)), rng.standard_normal((2000, 16))
-    same, same_std = fid.kernel_inception_distance(a, b, subsets=20, subset_size=500)
-    diff, _ = fid.kernel_inception_distance(a, b + 0.3, subsets=20, subset_size=500)
+    same, same_std = fid.kernel_distance(a, b, subsets=20, subset_size=500)
+    diff, _ = fid.kernel_distance(a, b + 0.3, subsets=20, subset_size=500)
     assert abs(same) < 3 * same_std + 1e-3 and diff > 10 * max(abs(same), same_std)
 
 
@@ -260,31 +265,60 @@ def test_inception_differs_from_torchvision_where_the_tf_graph_does(inception):
 def test_weights_from_file_and_from_a_local_server(inception, tmp_path, monkeypatch, capsys):
     served = tmp_path / "served"
     served.mkdir()
-    torch.save(inception.state_dict(), served / "pt_inception-2015-12-05-6726825d.pth")
-    digest = fid.file_hash(served / "pt_inception-2015-12-05-6726825d.pth", "sha256")
-    cfg = cfg_for("x", "y", "--weights", served / "pt_inception-2015-12-05-6726825d.pth")
-    model, whash = fid.load_inception(cfg, "cpu")
-    assert whash == digest[:16]
+    name = "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(inception.state_dict(), served / name)
+    digest = hashlib.sha256((served / name).read_bytes()).hexdigest()
+    notes = []
+    model, whash = fid.load_inception(cfg_for("x", "y", "--weights", served / name), "cpu", notes)
+    assert whash == digest[:16] and "not the published weight file" in notes[0]
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    cached = tmp_path / "hub" / "checkpoints" / name
     with http_server(served) as url:
-        monkeypatch.setattr(fid, "INCEPTION_URL", url + "pt_inception-2015-12-05-6726825d.pth")
-        monkeypatch.setattr(fid, "INCEPTION_SHA256_PREFIX", "0" * 8)
-        with pytest.raises(fid.UserError, match="checksum mismatch"):
-            fid.load_inception(cfg_for("x", "y"), "cpu")
-        assert not (tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").exists()
-        monkeypatch.setattr(fid, "INCEPTION_SHA256_PREFIX", digest[:8])
-        model, whash = fid.load_inception(cfg_for("x", "y"), "cpu")
-    assert (tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").is_file()
+        monkeypatch.setattr(fid, "INCEPTION_URL", url + name)
+        # the whole digest is compared: one differing last hex digit is refused, nothing is kept
+        monkeypatch.setattr(fid, "INCEPTION_SHA256", digest[:-1] + ("0" if digest[-1] != "0" else "1"))
+        with pytest.raises(SystemExit, match="fails its SHA-256 check"):
+            fid.load_inception(cfg_for("x", "y"), "cpu", [])
+        assert not cached.exists()
+        monkeypatch.setattr(fid, "INCEPTION_SHA256", digest)
+        notes = []
+        model, whash = fid.load_inception(cfg_for("x", "y"), "cpu", notes)
+    assert cached.is_file() and notes == [] and whash == digest[:16]
     monkeypatch.setattr(fid, "INCEPTION_URL", closed_port_url() + "w.pth")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub2"))
-    with pytest.raises(fid.UserError, match="could not get .* by hand"):
-        fid.load_inception(cfg_for("x", "y"), "cpu")
+    with pytest.raises(SystemExit, match="cannot download .* pass the file with --weights"):
+        fid.load_inception(cfg_for("x", "y"), "cpu", [])
+
+
+def test_the_published_weights_digest_is_pinned_in_full():
+    # the digest published with pt_inception-2015-12-05-6726825d.pth (its name carries the first 8)
+    assert fid.INCEPTION_SHA256 == "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+    assert fid.INCEPTION_URL.endswith(fid.INCEPTION_SHA256[:8] + ".pth")
 
 
 def test_wrong_weight_file_is_refused(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "w.pth")
-    with pytest.raises(fid.UserError, match="not the FID Inception weight file"):
-        fid.load_inception(cfg_for("x", "y", "--weights", tmp_path / "w.pth"), "cpu")
+    with pytest.raises(SystemExit, match="not the FID Inception weight file"):
+        fid.load_inception(cfg_for("x", "y", "--weights", tmp_path / "w.pth"), "cpu", [])
+
+
+def test_inception_score_logits_leave_out_the_final_bias(inception):
+    """The original IS code multiplies pool_3 by the softmax weights only; so do we."""
+    with torch.no_grad():
+        inception.fc.bias.normal_(0, 5)
+        f, logits = inception(torch.rand(3, 3, 32, 32))
+        assert torch.allclose(logits, f @ inception.fc.weight.T, atol=1e-5)
+        assert not torch.allclose(logits, inception.fc(f), atol=1e-1)
+        inception.fc.bias.zero_()
+
+
+def test_coverage_on_imagenet_classes_is_renormalised_and_lists_no_missing_classes():
+    p = np.zeros((4, 1008))
+    p[:, 0], p[np.arange(4), [5, 5, 9, 9]] = 0.5, 0.5  # half the mass on TF's background output
+    cov = fid.class_coverage(p, y=np.zeros(4), imagenet=True)
+    assert cov["confidence"] == pytest.approx(1.0) and cov["class_entropy"] == pytest.approx(math.log(2))
+    assert cov["max_entropy"] == pytest.approx(math.log(1000))
+    assert "missing_classes" not in cov and "conditional_accuracy" not in cov
 
 
 def test_inception_end_to_end_with_saved_stats(inception, tmp_path, capsys):
@@ -293,8 +327,8 @@ def test_inception_end_to_end_with_saved_stats(inception, tmp_path, capsys):
     write_image_folder(tmp_path / "b", sizes=((32, 32),) * 2, classes=("x", "y", "z"))
     r = fid.main(["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a"), str(tmp_path / "b"),
                   "--dims", "64", "--save-stats", str(tmp_path / "a_stats.npz"), "--kid-subset-size", "6"])
-    assert r["extractor"] == "inception" and "FID" in r and r["n"] == [6, 6]
-    assert any("only 6 samples" in n for n in r["notes"])  # diagnostics, not silence
+    assert r["extractor"] == "inception" and "FID" in r and "KID" in r and r["n"] == [6, 6]
+    assert any("6 samples of 64-d features" in n for n in r["notes"])  # diagnostics, not silence
     r2 = fid.main(["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a_stats.npz"), str(tmp_path / "b"),
                    "--dims", "64"])
     assert r2["FID"] == pytest.approx(r["FID"], rel=1e-9)  # cached statistics give the same number
@@ -303,30 +337,45 @@ def test_inception_end_to_end_with_saved_stats(inception, tmp_path, capsys):
     assert r3["FID"] == pytest.approx(r["FID"], rel=1e-9) and r3["n"] == [6, 6]
     err = error_of(capsys, ["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a_stats.npz"), str(tmp_path / "b"),
                             "--dims", "192"])
-    assert "cannot be compared" in err and "64-d" in err
+    assert "not comparable" in err and "64-d" in err
 
 
 # ---------------------------------------------------------------- classifier, loaders, CLI
+def write_patterns(folder, n, seed, split):
+    """A learnable stand-in for MNIST: class c is a bright 8x8 square at a place of its own, in noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 2 + 8 * (c // 4): 10 + 8 * (c // 4), 2 + 6 * (c % 4): 10 + 6 * (c % 4)] = 250
+    pre = "train" if split == "train" else "t10k"
+    write_idx(Path(folder) / f"{pre}-images-idx3-ubyte.gz", images)
+    write_idx(Path(folder) / f"{pre}-labels-idx1-ubyte.gz", labels)
+    return images, labels
+
+
 @pytest.fixture
 def mnist_dir(tmp_path):
-    write_mnist_like(tmp_path / "data" / "mnist", n=300, seed=1)
-    write_mnist_like(tmp_path / "data" / "mnist", n=100, seed=2, split="test")
+    write_patterns(tmp_path / "data" / "mnist", 300, 1, "train")
+    write_patterns(tmp_path / "data" / "mnist", 100, 2, "test")
     return tmp_path / "data"
 
 
-def test_train_classifier_and_evaluate_samples(mnist_dir, tmp_path, capsys):
-    model, acc = fid.main(["train-classifier", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--epochs", "1",
-                           "--batch-size", "50"])
-    assert (mnist_dir / "classifiers" / "mnist.pt").is_file() and 0 <= acc <= 1
-    assert "test accuracy" in capsys.readouterr().out
-    x = np.random.default_rng(0).integers(0, 256, (120, 28, 28, 1), dtype=np.uint8)
-    np.savez(tmp_path / "samples.npz", x=x, y=np.arange(120) % 10)
+def test_the_classifier_learns_and_its_checkpoint_scores_samples(mnist_dir, tmp_path, capsys):
+    model, acc = fid.main(["train-classifier", "--dataset", "mnist", "--data-dir", str(mnist_dir),
+                           "--epochs", "4", "--batch-size", "30"])
+    assert acc > 0.9  # chance is 0.1
+    saved = torch.load(mnist_dir / "classifiers" / "mnist.pt", weights_only=True)
+    assert saved["test_accuracy"] == acc and "test accuracy" in capsys.readouterr().out
+    train, labels = write_patterns(tmp_path / "copy", 300, 1, "train")  # the training set itself
+    np.savez(tmp_path / "samples.npz", x=train[:120, ..., None], y=labels[:120])
     r = fid.main([str(tmp_path / "samples.npz"), "mnist", "--data-dir", str(mnist_dir), "--kid-subset-size", "50"])
-    assert r["extractor"] == "classifier" and "FD (classifier features)" in r and "FID" not in r
-    assert r["n"] == [120, 300] and "classifier score" in r and "conditional_accuracy" in r["coverage"]
-    assert 0 <= r["memorisation"]["likely_copies"] <= 1 and "KID" in r
+    assert r["extractor"] == "classifier" and r["n"] == [120, 300] and "classifier score" in r
+    assert r["coverage"]["conditional_accuracy"] > 0.9 and r["coverage"]["missing_classes"] == []
+    assert r["memorisation"]["likely_copies"] == 1.0  # copies of training images are caught
+    assert "FD (classifier features)" in r and "KD (classifier features)" in r
     out = capsys.readouterr().out
-    assert "FD (classifier features)" in out and "FID" not in out
+    assert "FD (classifier features)" in out and "FID" not in out and "KID" not in out
 
 
 def test_real_vs_real_with_splits_and_json(mnist_dir, capsys):
@@ -334,7 +383,8 @@ def test_real_vs_real_with_splits_and_json(mnist_dir, capsys):
     capsys.readouterr()
     fid.main(["mnist:test", "mnist", "--data-dir", str(mnist_dir), "--json", "--metrics", "fid,kid"])
     r = json.loads(capsys.readouterr().out)
-    assert r["generated"] == "mnist:test" and r["reference"] == "mnist:train" and set(r) >= {"FD (classifier features)", "KID"}
+    assert r["generated"] == "mnist:test" and r["reference"] == "mnist:train"
+    assert set(r) >= {"FD (classifier features)", "KD (classifier features)"}
     assert "coverage" not in r  # only the metrics asked for
 
 
@@ -367,9 +417,11 @@ def test_loaders(tmp_path, mnist_dir):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("empty", "no .png/.jpg images"), ("mixed", "mixes image sizes"), ("badnpz", "must be uint8"),
-    ("nokey", "neither 'x'"), ("unknown", "neither a .npz file"), ("one", "give two sources"),
-    ("metric", "unknown metric"), ("split", "unknown split"), ("points_vs_images", "cannot compare 2-D points")])
+    ("empty", "no .png or .jpg images below"), ("mixed", "mixes image sizes"),
+    ("badnpz", "needs 'x': uint8 N x H x W x C images"), ("nokey", "or 'mu' and 'sigma'; it has z"),
+    ("unknown", "'nosuch' is no .npz file, folder or data set"), ("one", "give GENERATED and REAL"),
+    ("metric", "unknown metric foo"), ("split", "with :train or :test"),
+    ("points_vs_images", "cannot compare 2-D points with images")])
 def test_bad_inputs(case, message, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     write_image_folder(tmp_path / "mixed")  # 40x30, 28x28 and 64x80 images
@@ -412,3 +464,37 @@ def test_inception_score_does_not_depend_on_the_order_of_the_samples():
     ordered, _ = fid.inception_score(p)
     shuffled, _ = fid.inception_score(p[np.random.default_rng(5).permutation(len(p))])
     assert ordered == pytest.approx(shuffled, rel=0.02) and ordered > 5
+
+
+def test_the_gaussian_assumption_hides_25_modes_from_the_frechet_distance(capsys):
+    """The notes call FID's Gaussian assumption strong: one Gaussian with the mean and covariance of
+    25gaussians is ~0 away from it, though almost none of its points lie on a mode."""
+    fit = fid.main(["25gaussians:gaussian", "25gaussians", "--json", "--metrics", "fid,modes"])
+    held_out = fid.main(["25gaussians:test", "25gaussians", "--json", "--metrics", "fid,modes"])
+    assert fit["FD (2-D points)"] < 0.01 and held_out["FD (2-D points)"] < 0.01
+    assert fit["modes"]["high_quality"] < 0.1 < 0.95 < held_out["modes"]["high_quality"]
+    other = fid.main(["8gaussians", "25gaussians", "--json", "--metrics", "fid,modes"])  # both: mean 0, covariance ~I
+    assert other["FD (2-D points)"] < 0.01 and other["modes"]["modes"] == 4  # (+-1.414, 0), (0, +-1.414)
+    far = fid.main(["swissroll", "25gaussians", "--json"])
+    assert far["FD (2-D points)"] > 0.05 and "KD (2-D points)" in far and "KID" not in far
+
+
+def test_a_pytorch_fid_statistics_file_counts_as_inception_2048(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    mu1, mu2, S = rng.standard_normal(2048), rng.standard_normal(2048), np.eye(2048)
+    np.savez(tmp_path / "theirs.npz", mu=mu1, sigma=S)  # pytorch-fid's format: mu and sigma only
+    np.savez(tmp_path / "ours.npz", mu=mu2, sigma=S, n=5000, extractor="inception", dims=2048,
+             weights_hash="abc", source="x")
+    r = fid.main([str(tmp_path / "theirs.npz"), str(tmp_path / "ours.npz")])
+    assert r["FID"] == pytest.approx(((mu1 - mu2) ** 2).sum()) and r["dims"] == 2048
+    np.savez(tmp_path / "clf.npz", mu=mu2[:128], sigma=S[:128, :128], n=5, extractor="classifier",
+             dims=128, weights_hash="abc", source="x")
+    err = error_of(capsys, [tmp_path / "theirs.npz", tmp_path / "clf.npz"])
+    assert "clf.npz holds classifier statistics (128-d" in err and "inception (2048-d" in err
+
+
+def test_a_non_square_folder_is_centre_cropped_and_says_so(tmp_path):
+    write_image_folder(tmp_path / "wide", sizes=((40, 30),) * 2, classes=("a",))
+    cfg = cfg_for("x")
+    s = fid.load_source(str(tmp_path / "wide"), cfg)
+    assert s["x"].shape == (2, 30, 30, 3) and "centre-cropped to 30x30" in s["note"]
