@@ -9,7 +9,7 @@ The notes' evaluation section (note 001 and note 003, "GAN如何评价好坏"), 
   2. FID: the classifier's features of real and of generated images (the notes' P.l and G.l, f_r
      and f_g here), a Gaussian fitted to each, and the Frechet distance between the two Gaussians,
          FID = ||mu_r - mu_g||^2 + Tr(Sigma_r + Sigma_g - 2 (Sigma_r Sigma_g)^{1/2}).
-     Only means and covariances count, the strong Gaussian assumption the notes warn of: 25gaussians,
+     Only means and covariances count (the notes call the Gaussian assumption strong): 25gaussians,
      8gaussians and one Gaussian with the same mean and covariance are all ~0 apart. FID also
      falls as N grows: compare at one N, and 2048-d features need N >= 2,048 (10,000+ is usual).
   3. The memorising GAN: copies of the training set score a perfect FID. We compare each sample's
@@ -21,7 +21,7 @@ high-quality %. The names FID, KID and Inception Score are kept for the Inceptio
 Examples:
   python fid.py train-classifier --dataset fashion-mnist         # once: a small CNN, ~2 CPU minutes
   python fid.py runs/gan-fashion-mnist/samples.npz fashion-mnist  # classifier features, offline
-  python fid.py 25gaussians:gaussian 25gaussians                  # FD ~0, yet few high-quality points
+  python fid.py 25gaussians:gaussian 25gaussians                  # FD ~0, few points on a mode
   python fid.py fashion-mnist:test fashion-mnist                  # real vs real: the floor
   python fid.py samples.npz cifar10 --extractor inception         # the standard FID (weights: once)
   python fid.py cifar10 --extractor inception --save-stats c10.npz  # cache the real statistics
@@ -59,11 +59,11 @@ def class_coverage(p_cy, y=None, imagenet=False):
     return out
 
 def inception_score(p_cy, splits=10):
-    """exp(E_y KL(p(c|y) || p(c))) in each split, p(c) the split's mean; mean and std over splits."""
-    scores = []
+    """exp(E_y KL(p(c|y) || p(c))) in each split, p(c) the split's mean; mean, std over splits."""
+    scores, log = [], lambda p: np.log(np.clip(p, 1e-12, None))
     for part in np.array_split(p_cy[np.random.default_rng(0).permutation(len(p_cy))], splits):
-        log_p, log_pc = np.log(np.clip(part, 1e-12, None)), np.log(np.clip(part.mean(0), 1e-12, None))
-        scores.append(math.exp((part * (log_p - log_pc)).sum(1).mean()))
+        # KL(p(c|y) || p(c)) = sum_c p(c|y) (log p(c|y) - log p(c)), averaged over y, then exp
+        scores.append(math.exp((part * (log(part) - log(part.mean(0)))).sum(1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
 
 # ------------------------------------------------------- 2. the Frechet distance of two Gaussians
@@ -81,7 +81,7 @@ def gaussian_statistics(f, name="features", notes=None):
                      "to 0 in the square root, no offset is added")
     return mu, sigma
 
-def psd_sqrt(sigma):  # Sigma^{1/2} = V diag(sqrt(lambda)) V^T for symmetric Sigma = V diag(lambda) V^T
+def psd_sqrt(sigma):  # symmetric Sigma = V diag(lambda) V^T: Sigma^{1/2} = V diag(sqrt(lambda)) V^T
     lam, V = np.linalg.eigh(sigma)
     return (V * np.sqrt(np.clip(lam, 0, None))) @ V.T
 
@@ -89,9 +89,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     """d^2 = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2}), in float64, without scipy:
       - AB and BA have the same eigenvalues; with A = S1^{1/2}, B = S1^{1/2} S2 that makes S1 S2
         and M = S1^{1/2} S2 S1^{1/2} share their eigenvalues lambda_i;
-      - M is symmetric and x^T M x = (S1^{1/2} x)^T S2 (S1^{1/2} x) >= 0, so lambda_i are real, >= 0;
+      - M is symmetric and x^T M x = (S1^{1/2} x)^T S2 (S1^{1/2} x) >= 0: lambda_i real and >= 0;
       - (S1 S2)^{1/2} has eigenvalues sqrt(lambda_i), and a trace is the sum of the eigenvalues.
-    So Tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(M)): two symmetric eigendecompositions, exactly real."""
+    So Tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(M)): two symmetric eigendecompositions, all real."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
@@ -246,11 +246,12 @@ class FIDInceptionV3(nn.Module):
         x = 2 * F.interpolate(x, (299, 299), mode="bilinear", align_corners=False) - 1
         x = F.max_pool2d(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))), 3, 2)
         blocks = [n for n, _, _ in MIXED]
-        stages = {64: [], 192: ["Conv2d_3b_1x1", "Conv2d_4a_3x3"], 768: blocks[:8], 2048: blocks[8:]}
+        stages = {64: [], 192: ["Conv2d_3b_1x1", "Conv2d_4a_3x3"], 768: blocks[:8],
+                  2048: blocks[8:]}  # the grid: 73 x 73, 35 x 35, 17 x 17, 8 x 8
         for dims, names in stages.items():
             for name in names:
                 x = getattr(self, name)(x)
-            x = F.max_pool2d(x, 3, 2) if dims == 192 else x  # 64: 73 x 73, 192: 35, 768: 17, 2048: 8
+            x = F.max_pool2d(x, 3, 2) if dims == 192 else x
             if dims == self.dims:
                 f = x.mean((2, 3))  # the features: a global average pool
                 # IS's logits: the final layer WITHOUT its bias, as the original IS code takes them
@@ -258,17 +259,17 @@ class FIDInceptionV3(nn.Module):
 
 def load_inception(cfg, device, notes):
     """The network with the published weights, downloaded once into torch's hub cache (SHA-256
-    checked), or --weights FILE (its SHA-256 reported; a FID from other weights is not comparable)."""
+    checked), or --weights FILE (other weights give FIDs not comparable with published ones)."""
     path = Path(cfg.weights or Path(torch.hub.get_dir(), "checkpoints", INCEPTION_URL[-36:]))
     if not cfg.weights and not path.is_file():
         try:
             print(f"downloading {INCEPTION_URL}", file=sys.stderr, flush=True)
             data = urllib.request.urlopen(INCEPTION_URL, timeout=60).read()
         except OSError as e:
-            raise SystemExit(f"{PROG}: error: cannot download {INCEPTION_URL} ({getattr(e, 'reason', e)})"
-                             f"; with no network, pass the file with --weights") from None
+            raise SystemExit(f"{PROG}: error: cannot download {INCEPTION_URL} "
+                             f"({getattr(e, 'reason', e)}); pass the file with --weights") from None
         if hashlib.sha256(data).hexdigest() != INCEPTION_SHA256:
-            raise SystemExit(f"{PROG}: error: {INCEPTION_URL} fails its SHA-256 check (nothing saved)")
+            raise SystemExit(f"{PROG}: error: {INCEPTION_URL} fails its SHA-256 check (not saved)")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, data)
     if not path.is_file():
@@ -302,8 +303,8 @@ class Classifier(nn.Module):
 
 def load_classifier(path, device):
     if not Path(path).is_file():
-        raise SystemExit(f"{PROG}: error: no classifier at {path}: train it once with `python fid.py "
-                         f"train-classifier --dataset {Path(path).stem}`, or pass --classifier")
+        raise SystemExit(f"{PROG}: error: no classifier at {path}: pass --classifier, or train "
+                         f"it once: python fid.py train-classifier --dataset {Path(path).stem}")
     try:
         state, model = torch.load(path, map_location="cpu", weights_only=True), Classifier()
         model.load_state_dict(state["model"])
@@ -371,7 +372,8 @@ def load_source(spec, cfg, n_like=None):
         x = sample_toy(name, n_like or cfg.num_real, g).numpy().astype(np.float64)
         if split == "gaussian":
             big = sample_toy(name, 100000, g).double().numpy()
-            x = np.random.default_rng(cfg.seed).multivariate_normal(big.mean(0), np.cov(big.T), len(x))
+            x = np.random.default_rng(cfg.seed).multivariate_normal(big.mean(0), np.cov(big.T),
+                                                                    len(x))
         return {"kind": "points", "x": x.astype(np.float32), "name": spec, "dataset": name}
     if name in ("mnist", "fashion-mnist", "cifar10") and split in ("train", "test"):
         x, y, _ = load_data(name, cfg.data_dir, 32 if name == "cifar10" else 28, split)
@@ -379,8 +381,8 @@ def load_source(spec, cfg, n_like=None):
         keep = keep[:cfg.num_real]
         return {"kind": "images", "x": x[keep].permute(0, 2, 3, 1).numpy(), "y": y[keep].numpy(),
                 "name": f"{name}:{split}", "dataset": name, "split": split}
-    raise SystemExit(f"{PROG}: error: '{spec}' is no .npz file, folder or data set: use " + ", ".join(
-        TOY_SETS) + ", mnist, fashion-mnist or cifar10, with :train or :test")
+    raise SystemExit(f"{PROG}: error: '{spec}' is no .npz file, folder or data set: use "
+                     + ", ".join(TOY_SETS) + ", mnist, fashion-mnist, cifar10 (:train or :test)")
 
 def evaluate(cfg, device):
     """Load both sources, extract features, compute every metric that applies."""
@@ -431,7 +433,8 @@ def evaluate(cfg, device):
         f, p = extract(s, extractor, model, cfg, device)
         stats.append(gaussian_statistics(f, s["name"], notes)), feats.append(f), probs.append(p)
     n = [len(s["x"]) if "x" in s else int(s["n"]) for s in sources]
-    what = {"inception": "", "classifier": " (classifier features)", "raw": " (2-D points)"}[extractor]
+    what = {"inception": "", "classifier": " (classifier features)", "raw": " (2-D points)"}
+    what = what[extractor]
     i = "I" * (extractor == "inception")  # the I of FID, KID: for Inception features only
     r = {"generated": gen["name"], "reference": sources[-1]["name"] if len(sources) == 2 else None,
          "extractor": extractor, "dims": dims, "weights_hash": weights, "n": n}
@@ -479,8 +482,9 @@ def report(r):
             if "conditional_accuracy" in v:
                 print(f"  {'asked-for class recognised':28s} {v['conditional_accuracy']:.3f}")
         elif key == "memorisation":
-            print(f"  {'nearest-train distance':28s} median {v['median_nn_distance']:.3f} (held-out "
-                  f"{v['heldout_median_nn_distance']:.3f}); likely copies {v['likely_copies']:.1%}")
+            print(f"  {'nearest-train distance':28s} median {v['median_nn_distance']:.3f} "
+                  f"(held-out {v['heldout_median_nn_distance']:.3f}); likely copies "
+                  f"{v['likely_copies']:.1%}")
         elif key == "modes":
             print(f"  {'modes captured':28s} {v['modes']}/{v['of']}, high quality "
                   f"{v['high_quality']:.1%}")
@@ -495,7 +499,8 @@ def train_classifier(cfg, device):
                                       for s in ("train", "test"))
     torch.manual_seed(cfg.seed)
     model, per_epoch = Classifier().to(device), len(x) // cfg.batch_size
-    opt, steps, t0 = torch.optim.Adam(model.parameters(), lr=cfg.lr), cfg.epochs * per_epoch, time.time()
+    opt, steps = torch.optim.Adam(model.parameters(), lr=cfg.lr), cfg.epochs * per_epoch
+    t0 = time.time()
     for step in range(steps):
         order = torch.randperm(len(x)) if step % per_epoch == 0 else order
         idx = order[step % per_epoch * cfg.batch_size:][:cfg.batch_size]
@@ -526,7 +531,7 @@ def options(argv):
         flag, default=default, help=f"{text} (default: {default})", **kw,
         **{} if "choices" in kw or "action" in kw else {"type": type(default)})
     if train:
-        add("--dataset", "fashion-mnist", "data set to train on", choices=["mnist", "fashion-mnist"])
+        add("--dataset", "fashion-mnist", "data set", choices=["mnist", "fashion-mnist"])
         add("--epochs", 3, "passes over the 60,000 training images")
         add("--lr", 1e-3, "Adam's learning rate")
         add("--out", "", "checkpoint; empty: <data-dir>/classifiers/<dataset>.pt")

@@ -16,7 +16,7 @@ MARKER = "# --- plumbing: the same in every script; skip on first read ---"
 ALL = [s for s in ["gan", "wgan_gp", "cgan", "cyclegan", "ddpm", "fid"] if (ROOT / f"{s}.py").exists()]
 TRAINING = [s for s in ALL if s != "fid"]
 V2 = [s for s in ALL if MARKER in (ROOT / f"{s}.py").read_text()]
-V1 = [s for s in ALL if s not in V2]  # not yet rewritten: the v1 loaders (python CIFAR tarball, float output)
+V1 = [s for s in ALL if s not in V2 and hasattr(importlib.import_module(s), "load_images")]  # not yet rewritten: the v1 loaders (python CIFAR tarball, float output)
 
 
 def parse(mod, argv):

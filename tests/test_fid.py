@@ -420,7 +420,7 @@ def test_loaders(tmp_path, mnist_dir):
     ("empty", "no .png or .jpg images below"), ("mixed", "mixes image sizes"),
     ("badnpz", "needs 'x': uint8 N x H x W x C images"), ("nokey", "or 'mu' and 'sigma'; it has z"),
     ("unknown", "'nosuch' is no .npz file, folder or data set"), ("one", "give GENERATED and REAL"),
-    ("metric", "unknown metric foo"), ("split", "with :train or :test"),
+    ("metric", "unknown metric foo"), ("split", "cifar10 (:train or :test)"),
     ("points_vs_images", "cannot compare 2-D points with images")])
 def test_bad_inputs(case, message, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
@@ -498,3 +498,17 @@ def test_a_non_square_folder_is_centre_cropped_and_says_so(tmp_path):
     cfg = cfg_for("x")
     s = fid.load_source(str(tmp_path / "wide"), cfg)
     assert s["x"].shape == (2, 30, 30, 3) and "centre-cropped to 30x30" in s["note"]
+
+
+def test_fid_py_runs_alone_in_an_empty_folder_and_imports_quietly(tmp_path):
+    (tmp_path / "fid.py").write_text((ROOT / "fid.py").read_text())
+    r = subprocess.run([sys.executable, "fid.py", "8gaussians:test", "8gaussians", "--num-real", "500"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and "FD (2-D points)" in r.stdout and "modes captured" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-B", "-c", "import fid"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == r.stderr == "" and sorted(p.name for p in tmp_path.iterdir()) == ["fid.py"]
+
+
+def test_a_command_line_mistake_prints_one_line_and_exits_with_1(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "fid.py"), "nope", "8gaussians"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "'nope' is no .npz file" in r.stderr

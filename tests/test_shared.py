@@ -4,6 +4,7 @@ for byte) and the toy sets; the scripts not yet rewritten (v1) share their older
 here among themselves."""
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKER = "# --- plumbing: the same in every script; skip on first read ---"
 ALL = [s for s in ["gan", "wgan_gp", "cgan", "cyclegan", "ddpm", "fid"] if (ROOT / f"{s}.py").exists()]
 V2 = [s for s in ALL if MARKER in (ROOT / f"{s}.py").read_text()]
-V1 = [s for s in ALL if s not in V2]
+FID_MARKER = "# --- plumbing: gan.py's block, the parts fid.py uses (identical copies); skip on first read ---"
+V1 = [s for s in ALL if s not in V2 and FID_MARKER not in (ROOT / f"{s}.py").read_text()]
 V1_SHARED = ["toy_centres", "sample_toy", "UserError", "file_hash", "download", "find_or_download", "read_idx",
              "RestrictedUnpickler", "load_cifar10", "load_image_folder", "load_images", "mode_metrics", "image_grid",
              "to_uint8", "fmt_time", "write_atomic", "start_log", "append_log", "save_checkpoint", "load_checkpoint",
@@ -36,3 +38,23 @@ def test_v2_toy_sets_and_figure_helpers_are_gan_pys(script):
     gan, other = importlib.import_module("gan"), importlib.import_module(script)
     for name in [n for n in V2_SHARED if hasattr(other, n)]:
         assert inspect.getsource(getattr(other, name)) == inspect.getsource(getattr(gan, name)), f"{script}.{name}"
+
+
+def top_level_pieces(text):
+    """name -> source of each top-level def or assignment of a file's text."""
+    pieces = re.split(r"\n(?=\S)", text)
+    return {re.match(r"(?:def |class )?(\w+)", p).group(1): p.rstrip() for p in pieces
+            if p.strip() and not p.startswith("#")}
+
+
+@pytest.mark.skipif(FID_MARKER not in (ROOT / "fid.py").read_text(), reason="fid.py not yet rewritten")
+def test_fid_pys_plumbing_is_gan_pys_block_cut_down_not_rewritten():
+    gan, fid = (ROOT / "gan.py").read_text(), (ROOT / "fid.py").read_text()
+    block = top_level_pieces(gan[gan.index(MARKER):gan.index("\ndef main(")])
+    subset = top_level_pieces(fid[fid.index(FID_MARKER) + len(FID_MARKER):fid.index("\ndef main(")])
+    assert set(subset) == {"IMAGE_FILES", "MNIST", "SOURCES", "fetch", "load_data", "pick_device", "write_atomic"}
+    for name, text in subset.items():
+        assert text == block[name], name
+    import fid as fid_module
+    for name in ["toy_centres", "sample_toy", "mode_metrics"]:
+        assert inspect.getsource(getattr(fid_module, name)) == inspect.getsource(getattr(importlib.import_module("gan"), name))
