@@ -47,6 +47,7 @@ def class_coverage(p_cy, y=None, imagenet=False):
     class's share of wins and the classes won by < 10 % of a fair share (mode dropping)."""
     if imagenet:  # TF's 1008 outputs: 1..1000 are ImageNet's classes, renormalised over them
         p_cy = p_cy[:, 1:1001] / p_cy[:, 1:1001].sum(1, keepdims=True)
+    # p(c) = E_y p(c|y), the class distribution averaged over the samples: even = diverse
     K, p_c = p_cy.shape[1], p_cy.mean(0)
     out = {"confidence": float(p_cy.max(1).mean()), "max_entropy": math.log(K),
            "class_entropy": float(-(p_c * np.log(np.clip(p_c, 1e-12, None))).sum())}

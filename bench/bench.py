@@ -267,21 +267,34 @@ def bench_fid_scores(reuse):
     c = json.loads(stamp.read_text())
     rows = [{"what": "classifier: test accuracy (Fashion-MNIST, 10,000 test images)", "value": f"{c['accuracy']:.2f} %",
              "seconds": round(c["seconds"])}]
-    pairs = [] if QUICK else [("real test vs real train (the floor)", "fashion-mnist:test")]
+    pairs = [] if QUICK else [("real test vs real train (the floor)", "fashion-mnist:test", "10000"),
+                              ("the same floor at N = 1,000 (FD's small-sample bias)", "fashion-mnist:test", "1000")]
     gan_samples = RUNS / "gan-fashion-mnist" / "samples.npz"
     if gan_samples.exists():
-        pairs.append(("gan.py default run (1,000 samples) vs real train", str(gan_samples)))
-    for what, source in pairs:
+        pairs.append(("gan.py default run (1,000 samples) vs real train", str(gan_samples), "2000" if QUICK else "10000"))
+    for what, source, n in pairs:
         t0 = time.time()
         r = json.loads(subprocess.run([sys.executable, str(ROOT / "fid.py"), source, "fashion-mnist", "--classifier", str(clf),
-                                       "--json", "--num-real", "2000" if QUICK else "10000"], check=True, cwd=ROOT, capture_output=True, text=True).stdout)
+                                       "--json", "--num-real", n], check=True, cwd=ROOT, capture_output=True, text=True).stdout)
         cov = r["coverage"]
-        rows.append({"what": what, "value": f"FD {r['FD (classifier features)']:.2f}, KID {r['KID'][0]:.4f}, "
+        rows.append({"what": what, "value": f"FD {r['FD (classifier features)']:.2f}, KD {r['KD (classifier features)'][0]:.4f}, "
                      f"score {r['classifier score'][0]:.2f}, confidence {cov['confidence']:.2f}, class entropy "
                      f"{cov['class_entropy']:.3f}/{cov['max_entropy']:.3f}, missing {cov['missing_classes'] or 'none'}"
                      + (f", likely copies {100 * r['memorisation']['likely_copies']:.1f} % (nearest-train distance median "
                         f"{r['memorisation']['median_nn_distance']:.2f} vs held-out {r['memorisation']['heldout_median_nn_distance']:.2f})"
                         if "memorisation" in r else ""), "seconds": round(time.time() - t0)})
+    return rows
+
+
+def bench_fid_toy(reuse):
+    """FD sees only means and covariances: 25gaussians against itself, its Gaussian fit and 8gaussians."""
+    rows = []
+    for source in ["25gaussians:test", "25gaussians:gaussian", "8gaussians", "swissroll"]:
+        r = json.loads(subprocess.run([sys.executable, str(ROOT / "fid.py"), source, "25gaussians", "--json"],
+                                      check=True, cwd=ROOT, capture_output=True, text=True).stdout)
+        rows.append({"generated (10,000 points)": source, "reference": "25gaussians", "FD (2-D points)": f"{r['FD (2-D points)']:.4f}",
+                     "KD (2-D points)": f"{r['KD (2-D points)'][0]:.4f}", "modes of 25": r["modes"]["modes"],
+                     "high quality %": round(100 * r["modes"]["high_quality"], 1)})
     return rows
 
 
@@ -426,6 +439,7 @@ def bench_cyclegan_images(reuse):
 SECTIONS = {"gan-toy": bench_gan_toy, "gan-js": bench_gan_js, "gan-images": bench_gan_images,
             "wgan-toy": bench_wgan_toy, "wgan-experiments": bench_wgan_experiments, "wgan-images": bench_wgan_images,
             "fid-frechet": bench_fid_frechet, "fid-throughput": bench_fid_throughput, "fid-scores": bench_fid_scores,
+            "fid-toy": bench_fid_toy,
             "cgan-toy": bench_cgan_toy, "cgan-images": bench_cgan_images, "ddpm-toy": bench_ddpm_toy,
             "ddpm-images": bench_ddpm_images, "cyclegan-toy": bench_cyclegan_toy, "cyclegan-images": bench_cyclegan_images}
 
