@@ -81,8 +81,10 @@ def test_pool_returns_fresh_images_until_full_then_swaps_half_the_time():
     got = pool.query(new)
     returned_new = (got == new).float().mean().item()
     assert 0.45 < returned_new < 0.55                 # half new, half a stored image
-    stored_back = got[got != new]
-    assert len(stored_back) > 0 and stored_back.min() >= 0  # old images come back...
+    seen = set(first.flatten().tolist())
+    for g, n in zip(got.flatten().tolist(), new.flatten().tolist()):
+        assert g == n or g in seen                    # old images come back, never unseen ones...
+        seen.add(n)
     assert len(pool.images) == 5                      # ...the pool keeps its size...
     torch.manual_seed(0)
     pool2 = cg.ImagePool(5)
@@ -299,6 +301,23 @@ def test_toy_mode_metrics_tell_the_truth_from_a_permutation():
 
 
 # ---------------------------------------------------------------- learning
+def test_400_steps_close_the_cycle_and_pull_g_of_a_towards_b(tmp_path):
+    """Untrained: G(a) lies ~0.9-1.0 from B's modes and F(G(a)) ~0.86 from a; after 400 steps (seeds
+    0-2 measured 0.10-0.42 and 0.003-0.005) both must have fallen well below that."""
+    a = cg.sample_toy("8gaussians", 1000, torch.Generator().manual_seed(9))
+    b_centres = cg.toy_transform(cg.toy_centres("8gaussians")[0])
+    result = []
+    for steps in (1, 400):
+        nets = cg.main(["--out", str(tmp_path / str(steps)), "--device", "cpu", "--steps", str(steps),
+                        "--log-every", "400", "--sample-every", "100000", "--num-samples", "100"])
+        with torch.no_grad():
+            fake_b = nets["G"].eval()(a)
+            result.append((torch.cdist(fake_b, b_centres).min(1).values.mean(), (nets["F"].eval()(fake_b) - a).abs().mean()))
+    (dist_0, cycle_0), (dist, cycle) = result
+    assert dist < 0.7 * dist_0 and cycle < 0.1 * cycle_0
+
+
+@pytest.mark.slow
 def test_toy_pair_learns_a_cycle_consistent_map_onto_B():
     """1,500 steps on the toy pair: G sends most points onto a mode of B and F(G(a)) returns to a.
     (Which B mode each A mode goes to is not determined by unpaired data - see the README.)"""

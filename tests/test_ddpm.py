@@ -330,7 +330,7 @@ def test_tiny_toy_runs(tmp_path, dataset, extra):
     if "--cond" in extra:
         assert s["y"].tolist() == list(range(25))
     m = json.loads((out / "metrics.json").read_text())
-    assert ("modes" in m) == (dataset != "swissroll") and m["sampling_seconds"] >= 0
+    assert ("modes" in m) == (dataset != "swissroll")
 
 
 def test_mnist_fixture_with_cond_amp_clip_and_nll(tmp_path):
@@ -344,6 +344,7 @@ def test_mnist_fixture_with_cond_amp_clip_and_nll(tmp_path):
     assert m["nll_images"] == 4 and 0 < m["nll_bits_per_dim"] < 20 and set(m["nll_terms"]) == {"prior", "kl_sum", "decoder"}
 
 
+@pytest.mark.slow
 def test_compile_on_cpu_gives_the_same_loss(tmp_path):
     common = ["--steps", 2, *TINY, "--sample-every", 100, "--log-every", 1]
     plain = run(tmp_path, *common, name="plain")
@@ -360,8 +361,9 @@ def test_cifar10_and_folder_fixtures(tmp_path, monkeypatch):
               name="cifar")
     check_run_folder(out, 2, 10, (32, 32, 3))
     write_image_folder(tmp_path / "pics")
-    out = run(tmp_path, "--dataset", tmp_path / "pics", "--steps", 2, *TINY, "--cond", "--num-samples", 4, name="pics")
-    s = check_run_folder(out, 2, 4, (64, 64, 3))
+    out = run(tmp_path, "--dataset", tmp_path / "pics", "--steps", 2, *TINY, "--cond", "--num-samples", 4,
+              "--image-size", 32, "--attn", "off", name="pics")
+    s = check_run_folder(out, 2, 4, (32, 32, 3))
     assert s["y"].tolist() == [0, 0, 1, 1]
 
 
@@ -378,6 +380,17 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path):
 
 
 # ---------------------------------------------------------------- learning
+def test_200_steps_take_the_noise_prediction_loss_from_1_to_under_half(tmp_path):
+    """Predicting eps = 0 scores E||eps||^2 / 2 = 1 per point; 200 steps on 8gaussians must more than
+    halve it (measured 0.30 at step 100 and 0.21 at step 400)."""
+    out = run(tmp_path, "--dataset", "8gaussians", "--steps", 200, "--num-samples", 10, "--log-every", 100,
+              "--sample-every", 1000, "--sample-steps", 20)
+    rows = (out / "log.csv").read_text().splitlines()
+    loss = rows[0].split(",").index("loss")
+    assert float(rows[-1].split(",")[loss]) < 0.5
+
+
+@pytest.mark.slow
 def test_short_toy_run_learns_the_modes(tmp_path):
     """2,000 steps on 8gaussians: all 8 modes with most samples within 3 std of one; untrained: none."""
     out = run(tmp_path, "--dataset", "8gaussians", "--steps", 2000, "--num-samples", 1000, "--log-every", 1000,
