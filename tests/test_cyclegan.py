@@ -26,6 +26,10 @@ def run(tmp_path, *args, name="run"):
     return out
 
 
+def config(*argv):
+    return cg.check_options(cg.parse_options(list(argv)))
+
+
 def error_of(capsys, argv):
     return expect_user_error(capsys, cg.main, "cyclegan.py", argv)
 
@@ -64,10 +68,11 @@ def test_least_squares_and_log_losses_on_hand_computed_outputs():
     assert cg.lsgan_d_loss(D_real, D_fake).item() == pytest.approx(0.125)
     assert cg.lsgan_g_loss(D_fake).item() == pytest.approx((1 + 0.25) / 2)
     assert cg.lsgan_d_loss(torch.ones(3), torch.zeros(3)).item() == 0  # a perfect discriminator
-    l = torch.tensor([0.0])  # logit 0: D = 1/2 for both -> log 2 + log 2
-    assert cg.bce_d_loss(l, l).item() == pytest.approx(2 * np.log(2))
-    sig = lambda x: 1 / (1 + math.exp(-x))  # logits 2 and -1, by hand: -log sigmoid(2) - log(1 - sigmoid(-1))
-    assert cg.bce_d_loss(torch.tensor([2.0]), torch.tensor([-1.0])).item() == pytest.approx(-math.log(sig(2)) - math.log(1 - sig(-1)))
+    l = torch.tensor([0.0])  # logit 0: D = 1/2 for both -> (log 2 + log 2) / 2, pix2pix's halved D
+    assert cg.bce_d_loss(l, l).item() == pytest.approx(np.log(2))
+    sig = lambda x: 1 / (1 + math.exp(-x))  # logits 2 and -1, by hand: (-log sigmoid(2) - log(1 - sigmoid(-1))) / 2
+    assert cg.bce_d_loss(torch.tensor([2.0]), torch.tensor([-1.0])).item() == pytest.approx(
+        (-math.log(sig(2)) - math.log(1 - sig(-1))) / 2)
     assert cg.bce_g_loss(torch.tensor([2.0, -1.0])).item() == pytest.approx(-(math.log(sig(2)) + math.log(sig(-1))) / 2)
 
 
@@ -95,6 +100,33 @@ def test_pool_returns_fresh_images_until_full_then_swaps_half_the_time():
     restored = cg.ImagePool(5)
     restored.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(restored.images, pool.images))
+
+
+def test_a_resumed_pool_hands_back_images_on_the_batch_device():
+    """A checkpoint stores the pool on the CPU; on CUDA/MPS a stored image must come back on the
+    batch's device. Here the batch lives on the "meta" device, the CPU-only stand-in for another one."""
+    pool = cg.ImagePool(4)
+    pool.query(torch.randn(4, 1, 2, 2))
+    resumed = cg.ImagePool(4)
+    resumed.load_state_dict(pool.state_dict())
+    torch.manual_seed(0)
+    out = resumed.query(torch.empty(16, 1, 2, 2, device="meta"))
+    assert out.device.type == "meta" and out.shape == (16, 1, 2, 2)
+
+
+def test_the_28_px_patchgan_sees_the_whole_image():
+    D = cg.patchgan(3, 8)
+    assert D(torch.randn(1, 3, 28, 28)).shape[2:] == (1, 1) and D(torch.randn(1, 3, 64, 64)).shape[2:] == (6, 6)
+
+
+def test_default_run_folders_and_data_kind_defaults():
+    cfg = config("--dataset", "fashion-mnist:colour", "--paired")
+    assert cfg.out == "runs/cyclegan-fashion-mnist-colour-paired" and (cfg.batch_size, cfg.width, cfg.image_size) == (16, 16, 28)
+    assert cfg.lambda_identity == 5.0 and config("--dataset", "mnist:invert", "--lambda-cycle", "0").lambda_identity == 0
+    photo = config("--dataset", "horse2zebra")
+    assert (photo.batch_size, photo.width, photo.image_size, photo.pool) == (1, 64, 64, 50)
+    toy = config()
+    assert (toy.batch_size, toy.width, toy.lambda_identity, toy.out) == (256, 128, 0.0, "runs/cyclegan-8gaussians")
 
 
 def test_learning_rate_constant_then_linear_to_zero():
@@ -128,8 +160,8 @@ def test_generator_keeps_the_size(size, channels):
     with torch.no_grad():
         assert G(torch.randn(1, channels, size, size)).shape == (1, channels, size, size)
     assert sum(isinstance(m, cg.ResidualBlock) for m in G) == (9 if size >= 256 else 6)
-    assert cg.finish_config(cg.build_parser().parse_args(["--dataset", "horse2zebra", "--image-size", "256"])).res_blocks == 9
-    assert cg.finish_config(cg.build_parser().parse_args(["--dataset", "horse2zebra"])).res_blocks == 6
+    assert config("--dataset", "horse2zebra", "--image-size", "256").res_blocks == 9
+    assert config("--dataset", "horse2zebra").res_blocks == 6
 
 
 # ---------------------------------------------------------------- the built-in pairs
@@ -148,7 +180,7 @@ def test_builtin_halves_are_disjoint_and_test_pairs_are_true_translations(tmp_pa
     assert torch.equal(A[:, 0], A[:, 1])                      # A: grey, replicated to 3 channels
     m = ((B[:, 0] + 1) / 2 - cg.COLOUR_BG[0]) / (cg.COLOUR_FG[0] - cg.COLOUR_BG[0])  # invert T on the red channel
     x_B = (m * 2 - 1)
-    x_all, _ = cg.load_images("mnist", data, 28)
+    x_all = cg.load_data("mnist", data, 28)[0].float() / 127.5 - 1
     src = lambda x: {int(torch.cdist(xi.flatten()[None], x_all.flatten(1)).argmin()) for xi in x}
     src_A, src_B = src(A[:, 0]), src(x_B)
     assert len(src_A) == len(src_B) == 20 and not (src_A & src_B)   # every image used once, the halves disjoint
@@ -172,7 +204,7 @@ def check_run(out, step, shape=None):
     for f in ["config.json", "log.csv", "losses.png", f"samples_{step}.png", "samples.npz", "checkpoint.pt", "metrics.json"]:
         assert (out / f).is_file(), f
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert state["script"] == "cyclegan" and state["step"] == step
+    assert state["script"] == "cyclegan.py" and state["step"] == step
     x = np.load(out / "samples.npz")["x"]
     if shape is None:
         assert x.dtype == np.float32 and x.shape[1] == 2
@@ -205,7 +237,10 @@ def test_builtin_pair_runs(tmp_path, pair, extra):
 def test_folder_with_mixed_sizes_and_paired_folder(tmp_path):
     write_translation_folder(tmp_path / "pics")
     out = run(tmp_path, "--dataset", tmp_path / "pics", "--image-size", 32, "--steps", 2, *TINY, name="unpaired")
-    check_run(out, 2, (32, 32, 3))
+    assert check_run(out, 2, (32, 32, 3))["inputs"] == "held-out test images"
+    write_translation_folder(tmp_path / "no_test", test=False)
+    out = run(tmp_path, "--dataset", tmp_path / "no_test", "--image-size", 32, "--steps", 2, *TINY, name="no_test")
+    assert check_run(out, 2, (32, 32, 3))["inputs"].startswith("TRAINING images")  # said, not hidden
     out = run(tmp_path, "--dataset", tmp_path / "pics", "--image-size", 32, "--steps", 2, *TINY, "--paired", name="paired")
     assert "l1_to_target" in check_run(out, 2, (32, 32, 3))
 
@@ -241,7 +276,7 @@ def test_photo_set_download_unpacks_the_layout(tmp_path, monkeypatch):
         root = cg.fetch_photo_set("horse2zebra", tmp_path / "data")
     assert root == tmp_path / "data" / "horse2zebra"
     assert all((root / s / "0.png").is_file() for s in ["trainA", "trainB", "testA", "testB"])
-    assert not list((tmp_path / "data").glob(".*unpacking*"))
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["horse2zebra"]  # no .tmp left
     out = run(tmp_path, "--dataset", "horse2zebra", "--data-dir", tmp_path / "data", "--image-size", 28, "--steps", 1,
               *TINY)  # the unpacked set is found without the network
     check_run(out, 1, (28, 28, 3))
@@ -276,13 +311,13 @@ def test_bad_inputs(capsys, tmp_path):
     out = run(tmp_path, "--steps", 2, "--width", 8, "--batch-size", 8, "--num-samples", 10)
     before = snapshot(out)
     assert "--resume" in error_of(capsys, ["--out", str(out), "--steps", "2"]) and snapshot(out) == before
-    assert "--width 8 vs 16" in error_of(capsys, ["--out", str(out), "--resume", "--steps", "4", "--width", "16"])
+    assert "--width 8, not 16" in error_of(capsys, ["--out", str(out), "--resume", "--steps", "4", "--width", "16"])
 
 
 def test_toy_mode_metrics_tell_the_truth_from_a_permutation():
     """G = T puts 1 - exp(-4.5) = 98.9 % of the points within 3 std of the right B mode (the 2-D Gaussian's
     closed form); G = T after turning the 8 modes by 45 degrees is just as realistic but never right."""
-    cfg = cg.finish_config(cg.build_parser().parse_args(["--num-samples", "20000"]))
+    cfg = config("--num-samples", "20000")
 
     class Map(torch.nn.Module):
         def __init__(self, f):

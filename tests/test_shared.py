@@ -23,14 +23,15 @@ V1_SHARED = ["toy_centres", "sample_toy", "UserError", "file_hash", "download", 
 V2_SHARED = ["toy_centres", "sample_toy", "mode_metrics", "image_grid", "figure", "save_figure", "plot_log"]
 
 
-@pytest.mark.parametrize("script", V1[1:])
-def test_v1_scaffolding_is_identical_between_the_scripts_not_yet_rewritten(script):
-    ref, other = importlib.import_module(V1[0]), importlib.import_module(script)
-    shared = [n for n in V1_SHARED if hasattr(other, n) and hasattr(ref, n)]
-    assert len(shared) >= 10, shared
-    for name in shared:
-        assert inspect.getsource(getattr(other, name)) == inspect.getsource(getattr(ref, name)), f"{script}.{name}"
-    assert other.DATASETS == ref.DATASETS and other.TOY_SETS == ref.TOY_SETS
+if len(V1) >= 2:  # two scripts still in the v1 form: their shared scaffolding stays identical
+    @pytest.mark.parametrize("script", V1[1:])
+    def test_v1_scaffolding_is_identical_between_the_scripts_not_yet_rewritten(script):
+        ref, other = importlib.import_module(V1[0]), importlib.import_module(script)
+        shared = [n for n in V1_SHARED if hasattr(other, n) and hasattr(ref, n)]
+        assert len(shared) >= 10, shared
+        for name in shared:
+            assert inspect.getsource(getattr(other, name)) == inspect.getsource(getattr(ref, name)), f"{script}.{name}"
+        assert other.DATASETS == ref.DATASETS and other.TOY_SETS == ref.TOY_SETS
 
 
 @pytest.mark.parametrize("script", [s for s in V2 if s != "gan"])
