@@ -477,7 +477,7 @@ def summary(sections):
                 "real-data s": f"{d_img['train_s']} + {round(d_img['sampling s (for N)'])} sampling" if d_img else ""})
     y_toy, y_img = first("cyclegan-toy"), first("cyclegan-images")
     out.append({"file": "cyclegan.py", "toy 2-D": f"8gaussians pair: cycle loss {y_toy['final cycle loss']}, G(a) on a B mode "
-                f"{y_toy.get('G(a) on a B mode %')} %, on the true mode {y_toy.get('G(a) on the true mode %')} % (a permutation)" if y_toy else "", "toy s": y_toy["wall_s"] if y_toy else "",
+                f"{y_toy.get('G(a) on a B mode %')} %, on the true mode {y_toy.get('G(a) on the true mode %')} % (T after a symmetry)" if y_toy else "", "toy s": y_toy["wall_s"] if y_toy else "",
                 "real data (Fashion-MNIST)": f"colour pair, {y_img['steps']} steps: label preservation {y_img['label preservation %']} %, "
                 f"mean abs(G(a) - T(a)) {y_img['mean abs(G(a) - T(a))']} (identity map: {y_img['identity baseline abs(a - T(a))']})"
                 if y_img else "", "real-data s": y_img["wall_s"] if y_img else ""})
