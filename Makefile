@@ -12,10 +12,10 @@ demo:
 	@$(PYTHON) -c "import torch, numpy, matplotlib" 2>/dev/null || $(MAKE) install
 	@echo "== $(PYTHON) gan.py"; $(PYTHON) gan.py --overwrite
 	@echo "== $(PYTHON) gan.py --experiment js"; $(PYTHON) gan.py --experiment js
-	@echo "== $(PYTHON) wgan_gp.py --dataset 8gaussians --steps 1500"; $(PYTHON) wgan_gp.py --dataset 8gaussians --steps 1500 --overwrite
+	@echo "== $(PYTHON) wgan_gp.py --dataset 8gaussians --steps 1000"; $(PYTHON) wgan_gp.py --dataset 8gaussians --steps 1000 --overwrite
 	@echo "== $(PYTHON) cgan.py"; $(PYTHON) cgan.py --overwrite
 	@echo "== $(PYTHON) cyclegan.py"; $(PYTHON) cyclegan.py --overwrite
-	@echo "== $(PYTHON) ddpm.py --dataset 8gaussians --steps 4000"; $(PYTHON) ddpm.py --dataset 8gaussians --steps 4000 --overwrite
+	@echo "== $(PYTHON) ddpm.py --dataset 8gaussians --steps 3000"; $(PYTHON) ddpm.py --dataset 8gaussians --steps 3000 --overwrite
 	@echo "== $(PYTHON) fid.py runs/gan-8gaussians/samples.npz 8gaussians"; $(PYTHON) fid.py runs/gan-8gaussians/samples.npz 8gaussians
 	@echo; echo "Figures (samples_*.png, losses.png, js.png, forward/reverse_process.png, ...) are in:"; ls -d runs/*/
 
