@@ -340,7 +340,7 @@ def load_source(spec, cfg, n_like=None):
     split = split or "train"
     if path.suffix == ".npz" and path.is_file():
         try:
-            data = dict(np.load(path, allow_pickle=False))
+            data = dict(np.load(path))  # arrays only: np.load runs no code by default
         except (OSError, ValueError) as e:
             raise SystemExit(f"{PROG}: error: {path} cannot be read as .npz ({e})") from None
         if {"mu", "sigma"} <= set(data):  # ours carry their provenance; pytorch-fid's do not
