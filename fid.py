@@ -560,7 +560,8 @@ def options(argv):
 
 PROG = "fid.py"
 
-# --- plumbing: gan.py's block, the parts fid.py uses (identical copies); skip on first read ---
+# --- plumbing: the same in every script; skip on first read ---
+# (fid.py carries the parts of gan.py's block it uses, identical copies)
 IMAGE_FILES = (".png", ".jpg", ".jpeg")
 MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]

@@ -13,8 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKER = "# --- plumbing: the same in every script; skip on first read ---"
 ALL = [s for s in ["gan", "wgan_gp", "cgan", "cyclegan", "ddpm", "fid"] if (ROOT / f"{s}.py").exists()]
 V2 = [s for s in ALL if MARKER in (ROOT / f"{s}.py").read_text()]
-FID_MARKER = "# --- plumbing: gan.py's block, the parts fid.py uses (identical copies); skip on first read ---"
-V1 = [s for s in ALL if s not in V2 and FID_MARKER not in (ROOT / f"{s}.py").read_text()]
+V1 = [s for s in ALL if s not in V2]
 V1_SHARED = ["toy_centres", "sample_toy", "UserError", "file_hash", "download", "find_or_download", "read_idx",
              "RestrictedUnpickler", "load_cifar10", "load_image_folder", "load_images", "mode_metrics", "image_grid",
              "to_uint8", "fmt_time", "write_atomic", "start_log", "append_log", "save_checkpoint", "load_checkpoint",
@@ -48,11 +47,10 @@ def top_level_pieces(text):
             if p.strip() and not p.startswith("#")}
 
 
-@pytest.mark.skipif(FID_MARKER not in (ROOT / "fid.py").read_text(), reason="fid.py not yet rewritten")
 def test_fid_pys_plumbing_is_gan_pys_block_cut_down_not_rewritten():
     gan, fid = (ROOT / "gan.py").read_text(), (ROOT / "fid.py").read_text()
     block = top_level_pieces(gan[gan.index(MARKER):gan.index("\ndef main(")])
-    subset = top_level_pieces(fid[fid.index(FID_MARKER) + len(FID_MARKER):fid.index("\ndef main(")])
+    subset = top_level_pieces(fid[fid.index(MARKER):fid.index("\ndef main(")])
     assert set(subset) == {"IMAGE_FILES", "MNIST", "SOURCES", "fetch", "load_data", "pick_device", "write_atomic"}
     for name, text in subset.items():
         assert text == block[name], name
