@@ -38,6 +38,16 @@ def sampling_cfg(**kw):
 
 
 # ---------------------------------------------------------------- the forward process
+@pytest.mark.parametrize("T", [20, 100, 250])
+def test_fewer_timesteps_scale_the_linear_betas_so_x_T_is_still_noise(T):
+    """Nichol & Dhariwal: beta from 1e-4 * 1000/T to 0.02 * 1000/T (capped at 0.999). Unscaled, T = 100
+    would end at alpha_bar_T = 0.36, far from N(0, I)."""
+    d = ddpm.Diffusion("linear", T)
+    expected = np.minimum(np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T), 0.999)
+    np.testing.assert_allclose(d.beta[1:].numpy(), expected, rtol=1e-12)
+    assert d.alpha_bar[T].item() < 1e-3 < np.prod(1 - np.linspace(1e-4, 0.02, T))  # unscaled: not noise
+
+
 def test_linear_schedule_and_derived_tables_against_numpy():
     d = ddpm.Diffusion("linear", 1000)
     beta = np.linspace(1e-4, 0.02, 1000)  # the paper's beta_1 .. beta_T
@@ -337,11 +347,12 @@ def test_mnist_fixture_with_cond_amp_clip_and_nll(tmp_path):
     write_mnist_like(tmp_path / "data" / "mnist", n=40)
     write_mnist_like(tmp_path / "data" / "mnist", n=20, seed=1, split="test")
     out = run(tmp_path, "--dataset", "mnist", "--data-dir", tmp_path / "data", "--steps", 3, *TINY, "--cond",
-              "--amp", "--eval-nll", "--nll-images", 4)
+              "--amp", "--eval-nll", "--nll-images", 4, "--timesteps", 100)  # T = 20 ends at beta 0.999
     s = check_run_folder(out, 3, 10, (28, 28, 1))
     assert s["y"].tolist() == list(range(10))
     m = json.loads((out / "metrics.json").read_text())
     assert m["nll_images"] == 4 and 0 < m["nll_bits_per_dim"] < 20 and set(m["nll_terms"]) == {"prior", "kl_sum", "decoder"}
+    assert m["nll_of"] == "test images, -log p(x | y) given their labels"
 
 
 @pytest.mark.slow
