@@ -21,16 +21,26 @@ Run it:
     python ddpm.py --dataset fashion-mnist --resume --sampler ddim --sample-steps 50   # fast sampling
     python ddpm.py --dataset cifar10 --eval-nll        # the variational bound in bits/dim
 
-Lecture notes followed: diffusion process q (fixed, not trained) and reverse process p_theta; beta_t
-growing from small to large; x_t from x_0 in closed form (the forward process in one step); the noise
-predictor and L_simple (predict the noise, L2 loss); the sampling formula; the reverse-process
-decoder L_0 that gives every integer pixel value a discrete probability; the U-Net noise predictor.
+Lecture notes followed: diffusion process q (fixed, not trained) and reverse process p_theta, both
+Markov chains; beta_t growing from small to large; x_t from x_0 in closed form (the forward process
+in one step); the noise predictor (note 000's "denoise module" is one reverse step built around it)
+and L_simple (predict the noise, L2 loss); the sampling formula; the reverse-process decoder L_0
+that gives every integer pixel value a discrete probability; the U-Net noise predictor. Note: eps
+here is the TOTAL noise between x_0 and x_t (x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps),
+not the one step's Noise^(k) of note 000's picture; in code `eps` is that noise and the network's
+guess of it is eps_theta, returned by `model`.
 
 Deliberate deviations from the paper: the U-Net is smaller (one residual block per resolution, width
 a flag) so a CPU can train it; periodic sample figures during training use DDIM (Song et al., 2021)
 with 50 steps to save time (the final samples use --sampler); at t = 1 the likelihood's decoder uses
 variance beta_tilde_2 because beta_tilde_1 = 0 (as the DDPM reference code does); minibatches are
-drawn with replacement (no epochs) so a resumed run replays the same batches.
+drawn with replacement (no epochs) so a resumed run replays the same batches. Training: Adam at
+5e-4 for images and 1e-3 for 2-D sets (the paper: 2e-4) after a 200-step linear warm-up, decayed
+linearly to 0 by default (the paper keeps it constant), EMA decay 0.999 (the paper: 0.9999 over
+800k steps), batch 64 for images and 1024 for 2-D sets (the paper: 128). Sampling images clips the
+predicted x_0 to [-1, 1] before the posterior mean (--clip-x0 on, the reference code's default):
+that step is the posterior form of the formula above, not the formula itself; --clip-x0 off
+samples by the formula as written. --eval-nll bounds the unclipped p_theta.
 """
 import argparse
 import copy
