@@ -530,7 +530,8 @@ def options(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add = lambda flag, default, text, **kw: p.add_argument(
         flag, default=default, help=f"{text} (default: {default})", **kw,
-        **{} if "choices" in kw or "action" in kw else {"type": type(default)})
+        **{} if "choices" in kw or "action" in kw else {
+            "type": positive if type(default) is int and default > 0 else type(default)})
     if train:
         add("--dataset", "fashion-mnist", "data set", choices=["mnist", "fashion-mnist"])
         add("--epochs", 3, "passes over the 60,000 training images")
@@ -574,6 +575,12 @@ SOURCES = {  # dataset: (where its files are published, {file: MD5})
                 "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
     "cifar10": ("https://www.cs.toronto.edu/~kriz/",
                 {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"})}
+
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return int(text)
+
 def fetch(name, file, data_dir):
     """<data-dir>/<name>/<file>, else Debian's copy, else a download checked against its MD5."""
     path, url = Path(data_dir, name, file), SOURCES[name][0] + file

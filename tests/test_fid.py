@@ -421,7 +421,8 @@ def test_loaders(tmp_path, mnist_dir):
     ("badnpz", "needs 'x': uint8 N x H x W x C images"), ("nokey", "or 'mu' and 'sigma'; it has z"),
     ("unknown", "'nosuch' is no .npz file, folder or data set"), ("one", "give GENERATED and REAL"),
     ("metric", "unknown metric foo"), ("split", "cifar10 (:train or :test)"),
-    ("points_vs_images", "cannot compare 2-D points with images")])
+    ("points_vs_images", "cannot compare 2-D points with images"),
+    ("zero-batch", "--batch-size: must be a positive integer, not '0'")], ids=lambda v: v)
 def test_bad_inputs(case, message, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     write_image_folder(tmp_path / "mixed")  # 40x30, 28x28 and 64x80 images
@@ -431,7 +432,8 @@ def test_bad_inputs(case, message, tmp_path, capsys):
     argv = {"empty": [tmp_path / "empty", "8gaussians"], "mixed": [tmp_path / "mixed", "8gaussians"],
             "badnpz": [tmp_path / "bad.npz", "8gaussians"], "nokey": [tmp_path / "nokey.npz", "8gaussians"],
             "unknown": ["nosuch", "8gaussians"], "one": ["8gaussians"], "metric": ["8gaussians", "8gaussians", "--metrics", "fid,foo"],
-            "split": ["mnist:val", "mnist"], "points_vs_images": [tmp_path / "pts.npz", tmp_path / "mixed"]}[case]
+            "split": ["mnist:val", "mnist"], "points_vs_images": [tmp_path / "pts.npz", tmp_path / "mixed"],
+            "zero-batch": ["8gaussians", "8gaussians", "--batch-size", "0"]}[case]
     if case == "points_vs_images":
         write_image_folder(tmp_path / "mixed2", sizes=((8, 8),))
         argv = [tmp_path / "pts.npz", tmp_path / "mixed2"]

@@ -51,7 +51,8 @@ def test_fid_pys_plumbing_is_gan_pys_block_cut_down_not_rewritten():
     gan, fid = (ROOT / "gan.py").read_text(), (ROOT / "fid.py").read_text()
     block = top_level_pieces(gan[gan.index(MARKER):gan.index("\ndef main(")])
     subset = top_level_pieces(fid[fid.index(MARKER):fid.index("\ndef main(")])
-    assert set(subset) == {"IMAGE_FILES", "MNIST", "SOURCES", "fetch", "load_data", "pick_device", "write_atomic"}
+    assert set(subset) == {"IMAGE_FILES", "MNIST", "SOURCES", "positive", "fetch", "load_data", "pick_device",
+                           "write_atomic"}
     for name, text in subset.items():
         assert text == block[name], name
     import fid as fid_module
