@@ -559,10 +559,9 @@ def options(argv):
                                                                              "mps"])
     return p, p.parse_args(argv[train:])
 
-PROG = "fid.py"
+PROG = "fid.py"  # below: the parts of gan.py's plumbing block that fid.py uses, identical copies
 
 # --- plumbing: the same in every script; skip on first read ---
-# (fid.py carries the parts of gan.py's block it uses, identical copies)
 IMAGE_FILES = (".png", ".jpg", ".jpeg")
 MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]
