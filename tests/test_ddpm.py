@@ -459,3 +459,11 @@ def test_help_reads_like_a_manual_and_import_is_quiet(tmp_path):
     r = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import ddpm"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == r.stderr == "" and list(tmp_path.iterdir()) == []
+
+
+def test_ddpm_py_runs_alone_in_an_empty_folder(tmp_path):
+    (tmp_path / "ddpm.py").write_text((ROOT / "ddpm.py").read_text())
+    r = subprocess.run([sys.executable, "ddpm.py", "--steps", "2", *map(str, TINY)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "runs" / "ddpm-25gaussians" / "samples.npz").is_file() and "step 2/2" in r.stdout
