@@ -437,8 +437,9 @@ def check_options(cfg):
     mistakes = [
         kind != "toy" and not (28 <= cfg.image_size <= 256 and cfg.image_size % 4 == 0) and
         f"--image-size {cfg.image_size}: use 28 to 256, a multiple of 4 (two stride-2 steps)",
-        min(cfg.lambda_cycle, cfg.lambda_identity, cfg.lambda_l1, cfg.pool, cfg.lr) < 0 and
-        "the --lambda-* weights, --pool-size and --lr must not be negative",
+        cfg.pool < 0 and f"--pool-size must be a whole number >= 0, not {cfg.pool_size!r}",
+        (min(cfg.lambda_cycle, cfg.lambda_identity, cfg.lambda_l1) < 0 or cfg.lr <= 0) and
+        "the --lambda-* weights must not be negative and --lr must be positive",
         cfg.paired and kind in ("toy", "photo") and "--paired needs paired data: a built-in pair "
         "(e.g. fashion-mnist:colour) or a folder whose trainA/ and trainB/ share file names"]
     for sub in ("trainA", "trainB") if kind == "folder" else ():

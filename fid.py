@@ -71,6 +71,8 @@ def inception_score(p_cy, splits=10):
 def gaussian_statistics(f, name="features", notes=None):
     """mu and Sigma (float64, unbiased) of N x d features, with a note when the estimate is poor."""
     n, d = f.shape
+    if n < 2:
+        raise SystemExit(f"{PROG}: error: {name} has {n} sample(s); a covariance needs at least 2")
     mu, sigma = f.mean(0), np.cov(f, rowvar=False).reshape(d, d)
     ev = np.linalg.eigvalsh(sigma)
     rank = int((ev > ev.max() * 1e-10).sum()) if ev.max() > 0 else 0
@@ -442,7 +444,11 @@ def evaluate(cfg, device):
     if cfg.save_stats:
         np.savez(b := io.BytesIO(), mu=stats[0][0], sigma=stats[0][1], n=n[0], extractor=extractor,
                  dims=dims, weights_hash=weights, source=gen["name"])
-        write_atomic(cfg.save_stats, b.getvalue())
+        try:
+            Path(cfg.save_stats).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cfg.save_stats, b.getvalue())
+        except OSError as e:
+            raise SystemExit(f"{PROG}: error: cannot write --save-stats {cfg.save_stats} ({e})")
         r["saved_stats"] = cfg.save_stats
     if len(sources) == 2 and "fid" in asked:
         r[f"F{i}D{what}"] = frechet_distance(*stats[0], *stats[1])
@@ -496,6 +502,8 @@ def report(r):
 
 def train_classifier(cfg, device):
     """Adam on cross-entropy with small random shifts; prints and stores the test accuracy."""
+    if cfg.lr <= 0:
+        raise SystemExit(f"{PROG}: error: --lr must be positive, not {cfg.lr}")
     (x, y, _), (x_test, y_test, _) = (load_data(cfg.dataset, cfg.data_dir, 28, s)
                                       for s in ("train", "test"))
     torch.manual_seed(cfg.seed)

@@ -303,6 +303,8 @@ def test_bad_inputs(capsys, tmp_path):
     assert "unknown dataset" in error_of(capsys, ["--dataset", "mnist:sepia", "--out", r])
     assert "--paired needs paired data" in error_of(capsys, ["--paired", "--out", r])
     assert "multiple of 4" in error_of(capsys, ["--dataset", "mnist:colour", "--image-size", "30", "--out", r])
+    assert "--pool-size must be a whole number >= 0, not 'abc'" in error_of(capsys, ["--pool-size", "abc", "--out", r])
+    assert "--lr must be positive" in error_of(capsys, ["--lr", "0", "--out", r])
     (tmp_path / "half" / "trainA").mkdir(parents=True)
     assert "no trainB/" in error_of(capsys, ["--dataset", str(tmp_path / "half"), "--out", r])
     write_translation_folder(tmp_path / "mismatch", names_b=["x.png", "y.png"])

@@ -326,7 +326,8 @@ def test_inception_end_to_end_with_saved_stats(inception, tmp_path, capsys):
     write_image_folder(tmp_path / "a", sizes=((32, 32),) * 3, classes=("x", "y"))
     write_image_folder(tmp_path / "b", sizes=((32, 32),) * 2, classes=("x", "y", "z"))
     r = fid.main(["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a"), str(tmp_path / "b"),
-                  "--dims", "64", "--save-stats", str(tmp_path / "a_stats.npz"), "--kid-subset-size", "6"])
+                  "--dims", "64", "--save-stats", str(tmp_path / "new" / "a_stats.npz"), "--kid-subset-size", "6"])
+    (tmp_path / "new" / "a_stats.npz").rename(tmp_path / "a_stats.npz")  # its folder was created
     assert r["extractor"] == "inception" and "FID" in r and "KID" in r and r["n"] == [6, 6]
     assert any("6 samples of 64-d features" in n for n in r["notes"])  # diagnostics, not silence
     r2 = fid.main(["--weights", str(tmp_path / "w.pth"), str(tmp_path / "a_stats.npz"), str(tmp_path / "b"),
@@ -422,7 +423,9 @@ def test_loaders(tmp_path, mnist_dir):
     ("unknown", "'nosuch' is no .npz file, folder or data set"), ("one", "give GENERATED and REAL"),
     ("metric", "unknown metric foo"), ("split", "cifar10 (:train or :test)"),
     ("points_vs_images", "cannot compare 2-D points with images"),
-    ("zero-batch", "--batch-size: must be a positive integer, not '0'")], ids=lambda v: v)
+    ("zero-batch", "--batch-size: must be a positive integer, not '0'"),
+    ("one-sample", "has 1 sample(s); a covariance needs at least 2"),
+    ("zero-lr", "--lr must be positive, not 0.0")], ids=lambda v: v)
 def test_bad_inputs(case, message, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     write_image_folder(tmp_path / "mixed")  # 40x30, 28x28 and 64x80 images
@@ -433,7 +436,9 @@ def test_bad_inputs(case, message, tmp_path, capsys):
             "badnpz": [tmp_path / "bad.npz", "8gaussians"], "nokey": [tmp_path / "nokey.npz", "8gaussians"],
             "unknown": ["nosuch", "8gaussians"], "one": ["8gaussians"], "metric": ["8gaussians", "8gaussians", "--metrics", "fid,foo"],
             "split": ["mnist:val", "mnist"], "points_vs_images": [tmp_path / "pts.npz", tmp_path / "mixed"],
-            "zero-batch": ["8gaussians", "8gaussians", "--batch-size", "0"]}[case]
+            "zero-batch": ["8gaussians", "8gaussians", "--batch-size", "0"],
+            "one-sample": ["8gaussians", "8gaussians", "--num-real", "1"],
+            "zero-lr": ["train-classifier", "--lr", "0"]}[case]
     if case == "points_vs_images":
         write_image_folder(tmp_path / "mixed2", sizes=((8, 8),))
         argv = [tmp_path / "pts.npz", tmp_path / "mixed2"]
