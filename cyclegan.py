@@ -29,9 +29,9 @@ the run prints how often G(a) lands on the mode T(a) is on.
 Deviations: images are 28 px (built-in pairs: 16 base channels, batch 16, not 64 and 1) or 64 px
 (photos), not 256; at 28 px the "70 x 70 PatchGAN" has a 1 x 1 output, a whole-image D; steps,
 not epochs (2,000 by default); the identity loss is off on 2-D sets (the true map moves every
-point). pix2pix: the ResNet G instead of its U-Net, and no dropout (pix2pix's noise z; its outputs are near deterministic anyway); its D's
-objective is halved and the weights start from N(0, 0.02), as in the paper. F is `Fn` in code (F is
-torch.nn.functional).
+point). pix2pix: the ResNet G instead of its U-Net, and no dropout (pix2pix's noise z; its outputs
+are near deterministic anyway); its D's objective is halved and the weights start from N(0, 0.02),
+as in the paper. F is `Fn` in code (F is torch.nn.functional).
 """
 import argparse, gzip, hashlib, io, json, math, os, shutil, sys, tarfile, time, urllib.request
 import zipfile, zlib
