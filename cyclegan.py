@@ -664,9 +664,10 @@ def start_run(cfg, parts):
         torch.set_rng_state(state["rng"])
         step = state["step"]
     out.mkdir(parents=True, exist_ok=True)
-    rows = (out / "log.csv").read_text().splitlines(True) if step else []  # rows up to step
-    write_atomic(out / "log.csv", "".join(r for r in rows if not r[0].isdigit()
-                                          or int(r.split(",")[0]) <= step))
+    log = out / "log.csv"  # its rows up to step are kept
+    rows = log.read_text().splitlines(True) if step and log.exists() else []
+    write_atomic(log, "".join(r for r in rows if not r[0].isdigit()
+                              or int(r.split(",")[0]) <= step))
     write_atomic(out / "config.json", json.dumps(vars(cfg), indent=1))
     return step, (time.time(), step)
 
@@ -686,9 +687,10 @@ def log_step(cfg, clock, step, **values):
         with open(path, "a") as f:  # the header first, then a row per call
             f.write(f"step,{','.join(values)},seconds\n" * (path.stat().st_size == 0)
                     + ",".join(f"{v:.6g}" for v in (step, *values.values(), seconds)) + "\n")
-        rate, left = (step - clock[1]) / seconds, (cfg.steps - step) * seconds / (step - clock[1])
+        rate = (step - clock[1]) / seconds
+        left = round((cfg.steps - step) / rate)  # seconds
         print(f"step {step}/{cfg.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items())
-              + f"  {rate:.1f} steps/s, {left // 60:.0f}:{left % 60:02.0f} left", flush=True)
+              + f"  {rate:.1f} steps/s, {left // 60}:{left % 60:02} left", flush=True)
 
 def write_atomic(path, data):
     tmp = Path(f"{path}.tmp")

@@ -517,9 +517,9 @@ def train_classifier(cfg, device):
         loss = F.cross_entropy(model(xb.to(device))[1], y[idx].to(device))
         opt.zero_grad(set_to_none=True), loss.backward(), opt.step()
         if (step + 1) % 200 == 0 or step + 1 == steps:
-            left = (steps - step - 1) * (time.time() - t0) / (step + 1)
-            print(f"step {step + 1}/{steps}  loss {loss.item():.3f}  {left // 60:.0f}:"
-                  f"{left % 60:02.0f} left", flush=True)
+            left = round((steps - step - 1) * (time.time() - t0) / (step + 1))
+            print(f"step {step + 1}/{steps}  loss {loss.item():.3f}  {left // 60}:{left % 60:02}"
+                  " left", flush=True)
     with torch.no_grad():
         pred = torch.cat([model.eval()(xb.to(device).float() / 127.5 - 1)[1].argmax(1).cpu()
                           for xb in x_test.split(1000)])

@@ -46,7 +46,7 @@ class NotRun(Exception):
     pass
 
 
-def run_script(script, name, args, reuse, checkpoint_from=None):
+def run_script(script, name, args, reuse, checkpoint_from=None, procs=1):
     """Run `python script --out runs/bench/name args`; with reuse, a finished run with the same flags is read.
     checkpoint_from: a run folder whose checkpoint.pt is copied in first (for a --resume run that only samples)."""
     out = RUNS / name
@@ -64,7 +64,10 @@ def run_script(script, name, args, reuse, checkpoint_from=None):
         shutil.copy(checkpoint_from / "checkpoint.pt", out / "checkpoint.pt")
     print(f"[bench] python {script} {' '.join(argv)}", flush=True)
     t0 = time.time()
-    subprocess.run([sys.executable, str(ROOT / script), *argv], check=True, cwd=ROOT)
+    launch = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                   f"--nproc_per_node={procs}"]
+    subprocess.run([*launch, str(ROOT / script), *argv], check=True, cwd=ROOT,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"} if procs > 1 else None)
     seconds = time.time() - t0
     (out / "bench_seconds.json").write_text(json.dumps(seconds))
     stamp.write_text(json.dumps(argv))
@@ -355,50 +358,52 @@ def bench_cgan_images(reuse):
 
 # ---------------------------------------------------------------------------------- ddpm.py
 def bench_ddpm_toy(reuse):
+    """The default 2-D run (25gaussians) and 8gaussians, one process; and 25gaussians again under
+    torchrun with two gloo processes of one thread each (the same global batch of 1,024)."""
     rows = []
-    for dataset in ["25gaussians"] if QUICK else ["25gaussians", "8gaussians"]:
+    runs = [("25gaussians", 1), ("8gaussians", 1), ("25gaussians", 2)]
+    for dataset, procs in runs[:1] if QUICK else runs:
         args = ["--dataset", dataset] + (["--steps", 200, "--timesteps", 100] if QUICK else [])
-        out, seconds = run_script("ddpm.py", f"ddpm-{dataset}", args, reuse)
+        out, seconds = run_script("ddpm.py", f"ddpm-{dataset}" + "-torchrun2" * (procs > 1), args, reuse, procs=procs)
         m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
-        if not QUICK and dataset == "25gaussians":
+        if not QUICK and dataset == "25gaussians" and procs == 1:
             publish(out / f"samples_{int(last['step'])}.png", f"ddpm_{dataset}.png")
             for fig in ["forward_process", "reverse_process", "samplers"]:
                 publish(out / f"{fig}.png", f"ddpm_{dataset}_{fig}.png")
-        rows.append({"dataset": dataset, "steps": int(last["step"]), "modes": f"{m['modes']}/{m['of']}",
+        rows.append({"dataset": dataset, "processes": procs, "steps": int(last["step"]), "modes": f"{m['modes']}/{m['of']}",
                      "high_quality_%": round(100 * m["high_quality"], 1), "train_s": round(last["seconds"]),
                      "steps_per_s": round(last["step"] / last["seconds"], 1),
-                     "samples": m["samples"], "sampler": f"{m['sampler']} ({m['sample_steps']} steps)",
-                     "sampling_s": round(m["sampling_seconds"], 1),
-                     "wall_s": round(seconds)})
+                     "samples": m["samples"], "sampler": f"{m['sampler']} ({m['steps']} steps)",
+                     "sampling_s": round(m["sampling_seconds"], 1), "wall_s": round(seconds)})
     return rows
 
 
 def bench_ddpm_images(reuse):
+    """The headline command, python ddpm.py --dataset fashion-mnist, timed whole (training, 1,000
+    DDIM-50 samples, figures); then the same checkpoint sampled again: by Algorithm 2 (200 samples:
+    about 1 s per sample on 2 cores) and by DDIM-50 without clipping x0_hat. fid.py scores each."""
     import numpy as np
-    """Fashion-MNIST: train once, export 1,000 samples with DDPM (1000 steps), then sample the same
-    checkpoint again with DDIM-50; fid.py scores both."""
-    # DDPM-1000 on a CPU draws about 2 images per second, so it exports 200; DDIM-50 exports 1,000 from the same
-    # noise (its first 200 are scored too, for a comparison at equal N).
-    args = ["--dataset", "fashion-mnist", "--log-every", 200] + (["--steps", 20, "--timesteps", 100] if QUICK else [])
-    out, seconds = run_script("ddpm.py", "ddpm-fashion-mnist", args + ["--num-samples", 20 if QUICK else 200], reuse)
-    last = last_log_row(out)
-    ddim, ddim_seconds = run_script("ddpm.py", "ddpm-fashion-mnist-ddim50", args + ["--resume", "--sampler", "ddim", "--sample-steps",
-                                    10 if QUICK else 50, "--num-samples", 100 if QUICK else 1000], reuse, checkpoint_from=out)
-    s = np.load(ddim / "samples.npz")
-    first = ddim / "samples_first200.npz"
-    np.savez(first, x=s["x"][:len(np.load(out / "samples.npz")["x"])])
+    args = ["--dataset", "fashion-mnist"] + (["--steps", 20, "--timesteps", 100, "--num-samples", 100] if QUICK else [])
+    out, seconds = run_script("ddpm.py", "ddpm-fashion-mnist", args, reuse)
+    last, resampled = last_log_row(out), [(out, "DDIM-50, clip x0_hat (the default)", seconds)]
+    for name, extra in [("ancestral", ["--sampler", "ancestral", "--num-samples", 20 if QUICK else 200]),
+                        ("noclip", ["--clip-x0", "off"])]:
+        folder, s = run_script("ddpm.py", f"ddpm-fashion-mnist-{name}", args + ["--resume", *extra], reuse, checkpoint_from=out)
+        resampled.append((folder, "Algorithm 2, clip x0_hat" if name == "ancestral" else "DDIM-50, --clip-x0 off", s))
     if not QUICK:
         publish(out / "samplers.png", "ddpm_fashion_mnist_samplers.png")
         publish(out / f"samples_{int(last['step'])}.png", "ddpm_fashion_mnist.png")
+    n_ancestral = len(np.load(resampled[1][0] / "samples.npz")["x"])
+    np.savez(first := out / "samples_first_n.npz", x=np.load(out / "samples.npz")["x"][:n_ancestral])
     rows = []
-    for folder, label, npz in [(out, "DDPM, ancestral", out / "samples.npz"), (ddim, "DDIM, eta 0 (same noise, same N)", first),
-                               (ddim, "DDIM, eta 0 (1,000 samples)", ddim / "samples.npz")]:
+    for (folder, label, s), npz in zip(resampled + resampled[:1], [out / "samples.npz", resampled[1][0] / "samples.npz",
+                                                                   resampled[2][0] / "samples.npz", first]):
         m, r = json.loads((folder / "metrics.json").read_text()), fid_scores(npz)
-        cov = r["coverage"]
-        rows.append({"sampler": label, "steps": m["sample_steps"], "N": len(np.load(npz)["x"]), "train steps": int(last["step"]),
-                     "train_s": round(last["seconds"]), "train steps/s": round(last["step"] / last["seconds"], 2),
-                     "sampling s (for N)": round(m["sampling_seconds"] * len(np.load(npz)["x"]) / m["samples"], 1),
-                     "FD (classifier)": round(r["FD (classifier features)"], 2), "score": round(r["classifier score"][0], 2),
+        n, cov = len(np.load(npz)["x"]), r["coverage"]
+        rows.append({"samples": label, "sampler steps": m["steps"], "N": n, "train steps": int(last["step"]),
+                     "train_s": round(last["seconds"]), "sampling s (for N)": round(m["sampling_seconds"] * n / m["samples"], 1),
+                     "wall_s": round(s), "FD (classifier)": round(r["FD (classifier features)"], 2),
+                     "score": round(r["classifier score"][0], 2),
                      "class entropy": f"{cov['class_entropy']:.3f}/{cov['max_entropy']:.3f}",
                      "missing classes": cov["missing_classes"] or "none"})
     return rows
@@ -472,9 +477,9 @@ def summary(sections):
     d_toy, d_img = first("ddpm-toy", dataset="25gaussians"), first("ddpm-images")
     out.append({"file": "ddpm.py", "toy 2-D": f"25gaussians: {d_toy['modes']} modes {d_toy['high_quality_%']} % HQ" if d_toy else "",
                 "toy s": d_toy["wall_s"] if d_toy else "",
-                "real data (Fashion-MNIST)": f"{d_img['train steps']} steps, {d_img['steps']}-step sampler, N {d_img['N']}: "
+                "real data (Fashion-MNIST)": f"{d_img['train steps']} steps, DDIM-{d_img['sampler steps']}, N {d_img['N']}: "
                 f"FD {d_img['FD (classifier)']}, score {d_img['score']}" if d_img else "",
-                "real-data s": f"{d_img['train_s']} + {round(d_img['sampling s (for N)'])} sampling" if d_img else ""})
+                "real-data s": d_img["wall_s"] if d_img else ""})
     y_toy, y_img = first("cyclegan-toy"), first("cyclegan-images")
     out.append({"file": "cyclegan.py", "toy 2-D": f"8gaussians pair: cycle loss {y_toy['final cycle loss']}, G(a) on a B mode "
                 f"{y_toy.get('G(a) on a B mode %')} %, on the true mode {y_toy.get('G(a) on the true mode %')} % (T after a symmetry)" if y_toy else "", "toy s": y_toy["wall_s"] if y_toy else "",

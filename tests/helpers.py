@@ -4,7 +4,6 @@ import gzip
 import hashlib
 import http.server
 import io
-import pickle
 import struct
 import tarfile
 import threading
@@ -35,26 +34,6 @@ def write_mnist_like(folder, n=32, seed=0, split="train"):
     write_idx(Path(folder) / f"{pre}-images-idx3-ubyte.gz", images)
     write_idx(Path(folder) / f"{pre}-labels-idx1-ubyte.gz", labels)
     return images, labels
-
-
-def write_cifar_like(path, n_per_batch=4, seed=0):
-    """A CIFAR-10 'python version' tarball in the published layout; returns (train images NHWC, labels, md5)."""
-    rng = np.random.default_rng(seed)
-    buf, xs, ys = io.BytesIO(), [], []
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
-            labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
-            if name != "test_batch":
-                xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), ys.extend(labels)
-            blob = pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                                 b"filenames": [b"x.png"] * n_per_batch}, protocol=4)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(buf.getvalue())
-    return np.concatenate(xs), np.array(ys), hashlib.md5(buf.getvalue()).hexdigest()
 
 
 def write_cifar_binary(path, n_per_batch=4, seed=0):

@@ -3,6 +3,7 @@ loaders against the fixture files' known contents, downloads against a local HTT
 checkpoint's refusals, and one clear sentence for every user mistake with nothing on disk lost."""
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,9 @@ V2 = [s for s in ["gan", "wgan_gp", "cgan", "cyclegan", "ddpm"]
 TINY = {"gan": ["--width", "8", "--batch-size", "8", "--z-dim", "4"],  # a tiny model per script
         "cgan": ["--width", "8", "--batch-size", "8", "--z-dim", "4"],
         "wgan_gp": ["--n-critic", "1", "--width", "8", "--batch-size", "8", "--z-dim", "4"],
-        "cyclegan": ["--eval-classifier-steps", "5", "--res-blocks", "1", "--batch-size", "8", "--width", "4"]}
+        "cyclegan": ["--eval-classifier-steps", "5", "--res-blocks", "1", "--batch-size", "8", "--width", "4"],
+        "ddpm": ["--timesteps", "20", "--sample-steps", "5", "--num-samples", "10", "--batch-size", "8",
+                 "--width", "8"]}
 MNIST_AS = {"cyclegan": "mnist:colour"}  # how each script names a data set built on the MNIST files
 
 
@@ -203,6 +206,15 @@ def test_an_existing_run_is_not_overwritten_unless_asked(mod, tmp_path, capsys):
     assert "--resume" in err and "--overwrite" in err and snapshot(out) == before
     tiny_run(mod, tmp_path, "--steps", 3, "--overwrite")
     assert [r.split(",")[0] for r in (out / "log.csv").read_text().splitlines()] == ["step", "3"]
+
+
+def test_a_checkpoint_copied_alone_into_a_new_folder_resumes(mod, tmp_path):
+    out = tiny_run(mod, tmp_path, "--steps", 2)
+    (tmp_path / "copy").mkdir()
+    shutil.copy(out / "checkpoint.pt", tmp_path / "copy" / "checkpoint.pt")
+    copy = tiny_run(mod, tmp_path, "--steps", 3, "--resume", name="copy")
+    assert [r.split(",")[0] for r in (copy / "log.csv").read_text().splitlines()] == ["step", "3"]
+    assert torch.load(copy / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
 def test_a_checkpoint_from_another_script_or_configuration_is_refused(mod, tmp_path, capsys):
