@@ -300,6 +300,8 @@ def mode_metrics(x, name):
             "high_quality": (dist < 3 * std).float().mean().item()}
 
 def plot_log(out):  # losses.png: one panel per column of log.csv
+    if len((Path(out) / "log.csv").read_text().splitlines()) < 2:
+        return  # no rows: a copied checkpoint resumed at its last step
     cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
     names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
     fig = figure(f"{out}/log.csv", 1, len(names))

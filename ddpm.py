@@ -11,7 +11,7 @@ Notes -> code: eps is the TOTAL noise between x_0 and x_t, not note 000's one-st
 notes' denoise module is one reverse step, `p_sample`; the true noise is eps, the guess eps_theta.
 
 Examples:
-  python ddpm.py                          # 25 Gaussians in 2-D, both processes drawn, ~4 min
+  python ddpm.py                          # 25 Gaussians in 2-D, both processes drawn, ~2 min
   python ddpm.py --dataset mnist          # or fashion-mnist: training, samples, figures in ~14 min
   python ddpm.py --dataset fashion-mnist --cond --guidance 2 --out runs/guided   # classifier-free
   python ddpm.py --dataset mnist --resume --sampler ancestral --eval-nll     # Algorithm 2, bits/dim
@@ -565,6 +565,8 @@ def mode_metrics(x, name):
 
 
 def plot_log(out):  # losses.png: one panel per column of log.csv
+    if len((Path(out) / "log.csv").read_text().splitlines()) < 2:
+        return  # no rows: a copied checkpoint resumed at its last step
     cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
     names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
     fig = figure(f"{out}/log.csv", 1, len(names))

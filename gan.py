@@ -254,6 +254,8 @@ def plot_js(rows, path):
     save_figure(fig, path)
 
 def plot_log(out):  # losses.png: one panel per column of log.csv
+    if len((Path(out) / "log.csv").read_text().splitlines()) < 2:
+        return  # no rows: a copied checkpoint resumed at its last step
     cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
     names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
     fig = figure(f"{out}/log.csv", 1, len(names))
