@@ -459,7 +459,7 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path):
 # ---------------------------------------------------------------- learning
 def test_200_steps_take_the_noise_prediction_loss_from_1_to_under_half(tmp_path):
     """Predicting eps = 0 scores E||eps||^2 / 2 = 1 per coordinate; 200 steps on 8gaussians must more
-    than halve it (measured 0.2-0.3 at step 200 over seeds 0-2)."""
+    than halve it (measured 0.229-0.232 at step 200 over seeds 0-2)."""
     out = run(tmp_path, "--dataset", "8gaussians", "--steps", 200, "--num-samples", 10, "--log-every", 100,
               "--sample-every", 1000, "--timesteps", 100, "--sample-steps", 10)
     rows = (out / "log.csv").read_text().splitlines()
@@ -470,7 +470,8 @@ def test_200_steps_take_the_noise_prediction_loss_from_1_to_under_half(tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_short_toy_run_learns_every_mode(tmp_path, seed):
-    """2,000 steps on 8gaussians: all 8 modes, most samples within 3 std of one; untrained: none."""
+    """2,000 steps on 8gaussians: all 8 modes, most samples within 3 std of one (measured 8/8 with
+    80.2 %, 72.7 %, 77.7 % high quality for seeds 0-2; the bar is 60 %); untrained: none."""
     out = run(tmp_path, "--dataset", "8gaussians", "--steps", 2000, "--num-samples", 1000, "--log-every", 1000,
               "--sample-every", 2000, "--seed", seed)
     m = json.loads((out / "metrics.json").read_text())
