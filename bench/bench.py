@@ -368,8 +368,7 @@ def bench_ddpm_toy(reuse):
         m, last = json.loads((out / "metrics.json").read_text()), last_log_row(out)
         if not QUICK and dataset == "25gaussians" and procs == 1:
             publish(out / f"samples_{int(last['step'])}.png", f"ddpm_{dataset}.png")
-            for fig in ["forward_process", "reverse_process", "samplers"]:
-                publish(out / f"{fig}.png", f"ddpm_{dataset}_{fig}.png")
+            publish(out / "reverse_process.png", f"ddpm_{dataset}_reverse_process.png")
         rows.append({"dataset": dataset, "processes": procs, "steps": int(last["step"]), "modes": f"{m['modes']}/{m['of']}",
                      "high_quality_%": round(100 * m["high_quality"], 1), "train_s": round(last["seconds"]),
                      "steps_per_s": round(last["step"] / last["seconds"], 1),
@@ -396,7 +395,6 @@ def bench_ddpm_images(reuse):
         resampled.append((folder, label, s, folder / "samples.npz"))
     if not QUICK:
         publish(out / "samplers.png", "ddpm_fashion_mnist_samplers.png")
-        publish(out / f"samples_{int(last['step'])}.png", "ddpm_fashion_mnist.png")
     np.savez(first := out / "samples_first_n.npz", x=np.load(out / "samples.npz")["x"][:n_ancestral])
     resampled.append((out, "DDIM-50, clip x0_hat (the default), the same noise as Algorithm 2's", seconds, first))
     rows = []

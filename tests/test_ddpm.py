@@ -412,7 +412,7 @@ def test_mnist_with_cond_amp_clip_and_the_bound_on_test_images(tmp_path):
     write_mnist_like(tmp_path / "data" / "mnist", n=40)
     write_mnist_like(tmp_path / "data" / "mnist", n=20, seed=1, split="test")
     out = run(tmp_path, "--dataset", "mnist", "--data-dir", tmp_path / "data", "--steps", 3, *TINY, "--cond",
-              "--amp", "--eval-nll", "--nll-images", 4, "--timesteps", 100)  # T = 20 ends at beta 0.999
+              "--amp", "--eval-nll", "--nll-images", 4, "--timesteps", 100)  # T = 20: an untrained bound in the 100s
     s = check_run_folder(out, 3, 10, (28, 28, 1))
     assert s["y"].tolist() == list(range(10))
     m = json.loads((out / "metrics.json").read_text())
@@ -459,9 +459,9 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path):
 # ---------------------------------------------------------------- learning
 def test_200_steps_take_the_noise_prediction_loss_from_1_to_under_half(tmp_path):
     """Predicting eps = 0 scores E||eps||^2 / 2 = 1 per coordinate; 200 steps on 8gaussians must more
-    than halve it (measured 0.229-0.232 at step 200 over seeds 0-2)."""
+    than halve it (measured 0.237-0.270 at step 200 over seeds 0-2, with these flags)."""
     out = run(tmp_path, "--dataset", "8gaussians", "--steps", 200, "--num-samples", 10, "--log-every", 100,
-              "--sample-every", 1000, "--timesteps", 100, "--sample-steps", 10)
+              "--sample-every", 1000, "--batch-size", 256, "--timesteps", 20, "--sample-steps", 5)
     rows = (out / "log.csv").read_text().splitlines()
     loss = rows[0].split(",").index("loss")
     assert float(rows[-1].split(",")[loss]) < 0.5

@@ -1,7 +1,6 @@
 """The deliberate copies between the scripts (CONVENTIONS §2) stay identical, so a fix in one file
-cannot silently miss another. v2 scripts share the plumbing block (test_plumbing.py compares it byte
-for byte) and the toy sets; the scripts not yet rewritten (v1) share their older scaffolding, compared
-here among themselves."""
+cannot silently miss another: the plumbing block (compared byte for byte in test_plumbing.py), the toy
+sets and figure helpers (here), and fid.py's cut-down block (here, piece by piece)."""
 import importlib
 import inspect
 import re
@@ -13,24 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKER = "# --- plumbing: the same in every script; skip on first read ---"
 ALL = [s for s in ["gan", "wgan_gp", "cgan", "cyclegan", "ddpm", "fid"] if (ROOT / f"{s}.py").exists()]
 V2 = [s for s in ALL if MARKER in (ROOT / f"{s}.py").read_text()]
-V1 = [s for s in ALL if s not in V2]
-V1_SHARED = ["toy_centres", "sample_toy", "UserError", "file_hash", "download", "find_or_download", "read_idx",
-             "RestrictedUnpickler", "load_cifar10", "load_image_folder", "load_images", "mode_metrics", "image_grid",
-             "to_uint8", "fmt_time", "write_atomic", "start_log", "append_log", "save_checkpoint", "load_checkpoint",
-             "pick_device", "prepare_out", "value_function", "discriminator_loss", "generator_loss_minimax",
-             "js_estimate", "train_discriminator", "js_exact_gaussians"]
 V2_SHARED = ["toy_centres", "sample_toy", "mode_metrics", "image_grid", "figure", "save_figure", "plot_log"]
 
 
-if len(V1) >= 2:  # two scripts still in the v1 form: their shared scaffolding stays identical
-    @pytest.mark.parametrize("script", V1[1:])
-    def test_v1_scaffolding_is_identical_between_the_scripts_not_yet_rewritten(script):
-        ref, other = importlib.import_module(V1[0]), importlib.import_module(script)
-        shared = [n for n in V1_SHARED if hasattr(other, n) and hasattr(ref, n)]
-        assert len(shared) >= 10, shared
-        for name in shared:
-            assert inspect.getsource(getattr(other, name)) == inspect.getsource(getattr(ref, name)), f"{script}.{name}"
-        assert other.DATASETS == ref.DATASETS and other.TOY_SETS == ref.TOY_SETS
+def test_every_file_is_in_the_v2_form():
+    assert V2 == ALL
 
 
 @pytest.mark.parametrize("script", [s for s in V2 if s != "gan"])

@@ -249,13 +249,12 @@ def test_gradnorm_shows_clipping_pathology(tmp_path):
 def test_100_steps_pull_the_samples_towards_the_modes(tmp_path):
     """The quick, steady check: mean distance from G(z) to its nearest mode of 8gaussians. Untrained
     G: 1.24-1.37 (see test_gan.py); after 100 steps of the 2-D defaults, seeds 0-4: 0.325, 0.335,
-    0.325, 0.339, 0.311. The bar, 0.6, leaves a margin on both sides."""
+    0.325, 0.339, 0.311. The bar, 0.6, leaves a margin on both sides, so one seed is enough."""
     centres, _ = w.toy_centres("8gaussians")
-    for seed in [0, 1]:
-        out = run(tmp_path, "--dataset", "8gaussians", "--steps", 100, "--seed", seed, "--log-every", 100,
-                  "--sample-every", 100, "--num-samples", 1000, name=f"s{seed}")
-        x = torch.from_numpy(np.load(out / "samples.npz")["x"])
-        assert torch.cdist(x, centres).min(1).values.mean().item() < 0.6, seed
+    out = run(tmp_path, "--dataset", "8gaussians", "--steps", 100, "--log-every", 100, "--sample-every", 100,
+              "--num-samples", 1000)
+    x = torch.from_numpy(np.load(out / "samples.npz")["x"])
+    assert torch.cdist(x, centres).min(1).values.mean().item() < 0.6
 
 
 @pytest.mark.slow
