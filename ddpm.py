@@ -244,7 +244,7 @@ class ResBlock(nn.Module):  # norm, SiLU, conv, + emb; norm, SiLU, dropout, conv
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
         self.conv2 = nn.Sequential(norm(c_out), nn.SiLU(), nn.Dropout(DROPOUT),
                                    nn.Conv2d(c_out, c_out, 3, padding=1))
-        nn.init.zeros_(self.conv2[-1].weight)  # each block starts as the identity (+ skip)
+        nn.init.zeros_(self.conv2[-1].weight)  # at the start a block adds only conv2's bias
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, emb):
@@ -382,9 +382,12 @@ def share_state(cfg, parts, step, world, rank):
 
 def check_options(cfg, world):
     toy = cfg.dataset in TOY_SETS
-    if cfg.cond and cfg.dataset == "swissroll" or cfg.eval_nll and toy:
-        raise SystemExit(f"{PROG}: error: --cond needs labels (use 8gaussians or 25gaussians, label"
-                         " = mode) and --eval-nll image data (e.g. --dataset mnist)")
+    if cfg.cond and cfg.dataset == "swissroll":
+        raise SystemExit(f"{PROG}: error: --cond needs labels: use 8gaussians or 25gaussians")
+    if cfg.eval_nll and toy:
+        raise SystemExit(f"{PROG}: error: --eval-nll needs image data (e.g. --dataset mnist)")
+    if cfg.width % 8:  # the sinusoid's sin/cos halves and GroupNorm's groups must divide it
+        raise SystemExit(f"{PROG}: error: --width must be a multiple of 8, not {cfg.width}")
     if not toy and cfg.image_size not in (28, 32, 64):
         raise SystemExit(f"{PROG}: error: --image-size {cfg.image_size}: the U-Net takes 28, 32 "
                          "or 64")

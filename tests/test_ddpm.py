@@ -485,7 +485,8 @@ def test_a_short_toy_run_learns_every_mode(tmp_path, seed):
 
 # ---------------------------------------------------------------- ddpm.py's own bad inputs
 @pytest.mark.parametrize("argv,message", [
-    (["--eval-nll"], "--eval-nll image data"), (["--dataset", "swissroll", "--cond"], "--cond needs labels"),
+    (["--eval-nll"], "--eval-nll needs image data"), (["--dataset", "swissroll", "--cond"], "--cond needs labels"),
+    (["--width", 25], "--width must be a multiple of 8"), (["--dataset", "mnist", "--width", 36], "multiple of 8"),
     (["--timesteps", 20, "--sample-steps", 50], "--sample-steps <= --timesteps"),
     (["--dataset", "mnist", "--image-size", 40], "the U-Net takes 28, 32 or 64"),
     (["--sigma", "huge"], "--sigma beta or beta_tilde"), (["--lr", "-1"], "need --lr > 0")],
