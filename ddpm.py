@@ -17,15 +17,16 @@ Examples:
   python ddpm.py --dataset mnist --resume --sampler ancestral --eval-nll     # Algorithm 2, bits/dim
   torchrun --nproc_per_node=2 ddpm.py --dataset cifar10   # data-parallel; one process writes files
 
-Deviations from the paper: a small U-Net (one residual block per resolution) and Adam at 1e-3 after
-a 200-step warm-up, decayed linearly to 0 (the paper: 2e-4, constant, 800k steps of 128 images);
+Deviations from the paper: a small U-Net (one residual block per resolution, attention only at the
+lowest) and Adam at 1e-3 after a 200-step warm-up, decayed linearly to 0 (the paper: 2e-4 after
+5,000, constant, 800k steps of 128 images);
 EMA decay 0.999 (0.9999); batch 64 for images, 1024 for 2-D data; batches drawn with replacement.
 samples.npz from images is drawn by DDIM-50 (Song et al., 2021) and the periodic figures too; the
 final figures show Algorithm 2. Images clip the predicted x_0 to [-1, 1] and take the posterior mean
 at it, not the formula above (--clip-x0 off: the formula itself). At t = 1 the bound's decoder uses
 variance beta_tilde_2, as beta_tilde_1 = 0. --eval-nll bounds the unclipped p_theta (with --cond:
 -log p(x | y)) on test images, or a folder's TRAINING images. Constants, not flags: dropout 0.1,
-gradient-norm clip 1, warm-up 200 steps, label dropout 0.1, attention at the lowest resolution.
+gradient-norm clip 1, warm-up 200 steps, label dropout 0.1 (Ho & Salimans' p_uncond).
 """
 import argparse, copy, gzip, hashlib, io, json, math, os, sys, tarfile, time, urllib.request, zlib
 from pathlib import Path

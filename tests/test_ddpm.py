@@ -337,6 +337,7 @@ half = slice(4 * rank, 4 * rank + 4)
 ddpm.loss_simple(eps[half], net(x_t[half], t[half], y[half])).backward()
 if rank == 0:
     torch.save({{n: p.grad for n, p in model.named_parameters()}}, {out!r})
+ddpm.dist.destroy_process_group()  # as ddpm.main does: leaving with the group alive can abort
 """
 
 
