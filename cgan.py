@@ -196,6 +196,8 @@ def check_options(cfg):
                          f"or none, not {cfg.mismatch_weight} and {cfg.lr_decay}")
     if cfg.dataset not in TOY_SETS and cfg.image_size not in (28, 32, 64):
         raise SystemExit(f"{PROG}: error: --image-size {cfg.image_size}: DCGAN takes 28, 32, 64")
+    if cfg.dataset not in TOY_SETS and cfg.batch_size < 2:  # BatchNorm: the batch's spread
+        raise SystemExit(f"{PROG}: error: --batch-size 1: BatchNorm needs 2 or more images a batch")
     if not (cfg.lr > 0 and 0 <= cfg.beta1 < 1):
         raise SystemExit(f"{PROG}: error: --lr must be positive and --beta1 in [0, 1)")
 

@@ -318,22 +318,23 @@ def load_classifier(path, device):
 @torch.no_grad()
 def extract(src, extractor, model, cfg, device):
     """Features (float64 N x d) and p(c|y) (N x K, or None) of uint8 N x H x W x C images."""
-    if extractor == "raw":
-        return src["x"].astype(np.float64), None
-    feats, probs = [], []
-    for xb in torch.from_numpy(src["x"]).split(cfg.batch_size):
-        xb = xb.permute(0, 3, 1, 2).float().to(device) / 255
-        if extractor == "inception":
-            f, logits = model(xb.expand(-1, 3, -1, -1))  # grey: the channel repeated
-        else:
-            f, logits = model((xb.mean(1, keepdim=True) if xb.shape[1] == 3 else xb) * 2 - 1)
-        feats.append(f.double().cpu())
-        probs.append(None if logits is None else logits.double().softmax(1).cpu())
-    f = torch.cat(feats).numpy()
-    if not np.isfinite(f).all():
-        raise SystemExit(f"{PROG}: error: features of {src['name']} hold NaN or inf: broken images "
-                         "or broken extractor weights")
-    return f, None if probs[0] is None else torch.cat(probs).numpy()
+    if extractor == "raw":  # the 2-D points are the features
+        f, probs = src["x"].astype(np.float64), None
+    else:
+        feats, probs = [], []
+        for xb in torch.from_numpy(src["x"]).split(cfg.batch_size):
+            xb = xb.permute(0, 3, 1, 2).float().to(device) / 255
+            if extractor == "inception":
+                f, logits = model(xb.expand(-1, 3, -1, -1))  # grey: the channel repeated
+            else:
+                f, logits = model((xb.mean(1, keepdim=True) if xb.shape[1] == 3 else xb) * 2 - 1)
+            feats.append(f.double().cpu())
+            probs.append(None if logits is None else logits.double().softmax(1).cpu())
+        f, probs = torch.cat(feats).numpy(), None if probs[0] is None else torch.cat(probs).numpy()
+    if not np.isfinite(f).all():  # a diverged generator's samples, or broken weights
+        raise SystemExit(f"{PROG}: error: features of {src['name']} hold NaN or inf: broken "
+                         "samples or broken extractor weights")
+    return f, probs
 
 # ------------------------------------------------------- 6. sources, the report, train-classifier
 def load_source(spec, cfg, n_like=None):
@@ -370,7 +371,8 @@ def load_source(spec, cfg, n_like=None):
         return {"kind": "images", "x": x.permute(0, 2, 3, 1).numpy(), "y": None, "name": str(path),
                 "note": f"{path}: {w}x{h} images centre-cropped to {min(w, h)}x{min(w, h)}; "
                         "pytorch-fid would stretch them to 299x299 instead" if w != h else None}
-    if name in TOY_SETS:  # :test draws other points; :gaussian, one Gaussian with the set's moments
+    if name in TOY_SETS and split in ("train", "test", "gaussian"):
+        # :test draws other points; :gaussian, one Gaussian with the set's moments
         g = torch.Generator().manual_seed(cfg.seed + (split != "train"))
         x = sample_toy(name, n_like or cfg.num_real, g).numpy().astype(np.float64)
         if split == "gaussian":
@@ -385,7 +387,8 @@ def load_source(spec, cfg, n_like=None):
         return {"kind": "images", "x": x[keep].permute(0, 2, 3, 1).numpy(), "y": y[keep].numpy(),
                 "name": f"{name}:{split}", "dataset": name, "split": split}
     raise SystemExit(f"{PROG}: error: '{spec}' is no .npz file, folder or data set: use "
-                     + ", ".join(TOY_SETS) + ", mnist, fashion-mnist, cifar10 (:train or :test)")
+                     + ", ".join(TOY_SETS) + ", mnist, fashion-mnist, cifar10 (:train or :test; "
+                     "a toy set also :gaussian)")
 
 def evaluate(cfg, device):
     """Load both sources, extract features, compute every metric that applies."""
@@ -401,6 +404,9 @@ def evaluate(cfg, device):
                                                          if s.get("dataset")), None)  # REAL's
     if {"points", "images"} <= kinds:
         raise SystemExit(f"{PROG}: error: cannot compare 2-D points with images")
+    if cfg.extractor == "raw" and "images" in kinds:
+        raise SystemExit(f"{PROG}: error: --extractor raw is for 2-D points; images take "
+                         "inception or classifier (auto picks one)")
     images = [s["x"] for s in sources if s["kind"] == "images"]
     grey28 = all(x.shape[1:3] == (28, 28) and (x.shape[3] == 1 or dataset in ("mnist",
                  "fashion-mnist")) for x in images)

@@ -93,6 +93,8 @@ def train(cfg):
     device, toy = pick_device(cfg.device), cfg.dataset in TOY_SETS
     if not toy and cfg.image_size not in (28, 32, 64):
         raise SystemExit(f"{PROG}: error: --image-size {cfg.image_size}: DCGAN takes 28, 32, 64")
+    if not toy and cfg.batch_size < 2:  # BatchNorm divides by the batch's spread
+        raise SystemExit(f"{PROG}: error: --batch-size 1: BatchNorm needs 2 or more images a batch")
     if not (cfg.lr > 0 and 0 <= cfg.beta1 < 1):
         raise SystemExit(f"{PROG}: error: --lr must be positive and --beta1 in [0, 1)")
     x_data = None if toy else load_data(cfg.dataset, cfg.data_dir, cfg.image_size)[0].to(device)

@@ -132,6 +132,8 @@ def train(cfg):
     device, toy = pick_device(cfg.device), cfg.dataset in TOY_SETS
     if not toy and cfg.image_size not in (28, 32, 64):
         raise SystemExit(f"{PROG}: error: --image-size {cfg.image_size}: the nets take 28, 32, 64")
+    if not toy and cfg.batch_size < 2:  # G's BatchNorm divides by the batch's spread
+        raise SystemExit(f"{PROG}: error: --batch-size 1: BatchNorm needs 2 or more images a batch")
     x_data = None if toy else load_data(cfg.dataset, cfg.data_dir, cfg.image_size)[0].to(device)
     if toy:
         G, D = mlp(cfg.z_dim, cfg.width, 2), mlp(2, cfg.width, 1, sn=cfg.lipschitz == "sn")

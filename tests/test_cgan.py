@@ -263,13 +263,14 @@ def test_folder_whose_classes_differ_from_the_checkpoint(capsys, tmp_path):
     ("swissroll", "swissroll has no classes"), ("mismatch-weight-1.5", "--mismatch-weight takes [0, 1]"),
     ("emb-dim-0", "--emb-dim: must be a positive integer"), ("one-class-folder", "has 1 class"),
     ("image-size-48", "DCGAN takes 28, 32, 64"), ("negative-lr", "--lr must be positive"),
-    ("resume-with-another-d", "--d-cond projection, not concat")],
+    ("batch-size-1-on-images", "BatchNorm needs 2 or more images a batch"), ("resume-with-another-d", "--d-cond projection, not concat")],
     ids=lambda v: v)
 def test_a_cgan_mistake_ends_in_one_sentence(capsys, tmp_path, case, message):
     write_image_folder(tmp_path / "one", sizes=((32, 32),), classes=("cats",))
     argv = {"swissroll": ["--dataset", "swissroll"], "mismatch-weight-1.5": ["--mismatch-weight", "1.5"],
             "emb-dim-0": ["--emb-dim", "0"], "one-class-folder": ["--dataset", tmp_path / "one"],
-            "image-size-48": ["--dataset", "mnist", "--image-size", "48"], "negative-lr": ["--lr", "-1"]}.get(case)
+            "image-size-48": ["--dataset", "mnist", "--image-size", "48"], "negative-lr": ["--lr", "-1"],
+            "batch-size-1-on-images": ["--dataset", "mnist", "--batch-size", "1"]}.get(case)
     if argv is None:
         out = run(tmp_path, "--steps", 2, "--batch-size", 8, "--width", 8, "--num-samples", 8)
         argv = ["--resume", "--steps", 4, "--width", 8, "--d-cond", "concat", "--out", out]

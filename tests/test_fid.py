@@ -421,11 +421,13 @@ def test_loaders(tmp_path, mnist_dir):
     ("empty", "no .png or .jpg images below"), ("mixed", "mixes image sizes"),
     ("badnpz", "needs 'x': uint8 N x H x W x C images"), ("nokey", "or 'mu' and 'sigma'; it has z"),
     ("unknown", "'nosuch' is no .npz file, folder or data set"), ("one", "give GENERATED and REAL"),
-    ("metric", "unknown metric foo"), ("split", "cifar10 (:train or :test)"),
+    ("metric", "unknown metric foo"), ("split", "cifar10 (:train or :test; a toy set also :gaussian)"),
     ("points_vs_images", "cannot compare 2-D points with images"),
     ("zero-batch", "--batch-size: must be a positive integer, not '0'"),
     ("one-sample", "has 1 sample(s); a covariance needs at least 2"),
-    ("zero-lr", "--lr must be positive, not 0.0")], ids=lambda v: v)
+    ("zero-lr", "--lr must be positive, not 0.0"), ("toy-split", "a toy set also :gaussian"),
+    ("raw-on-images", "--extractor raw is for 2-D points"),
+    ("nan-points", "nan.npz hold NaN or inf")], ids=lambda v: v)
 def test_bad_inputs(case, message, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     write_image_folder(tmp_path / "mixed")  # 40x30, 28x28 and 64x80 images
@@ -438,9 +440,12 @@ def test_bad_inputs(case, message, tmp_path, capsys):
             "split": ["mnist:val", "mnist"], "points_vs_images": [tmp_path / "pts.npz", tmp_path / "mixed"],
             "zero-batch": ["8gaussians", "8gaussians", "--batch-size", "0"],
             "one-sample": ["8gaussians", "8gaussians", "--num-real", "1"],
-            "zero-lr": ["train-classifier", "--lr", "0"]}[case]
+            "zero-lr": ["train-classifier", "--lr", "0"], "toy-split": ["8gaussians:val", "8gaussians"],
+            "raw-on-images": [tmp_path / "mixed2", tmp_path / "mixed2", "--extractor", "raw"],
+            "nan-points": [tmp_path / "nan.npz", "8gaussians"]}[case]
+    np.savez(tmp_path / "nan.npz", x=np.full((10, 2), np.nan, np.float32))  # a diverged generator's
+    write_image_folder(tmp_path / "mixed2", sizes=((8, 8),))
     if case == "points_vs_images":
-        write_image_folder(tmp_path / "mixed2", sizes=((8, 8),))
         argv = [tmp_path / "pts.npz", tmp_path / "mixed2"]
     assert message in error_of(capsys, argv)
 

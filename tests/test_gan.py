@@ -140,8 +140,10 @@ def test_js_experiment_writes_its_table_and_figure(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [(["--lr", "-1"], "--lr must be positive"),
                                           (["--beta1", "2"], "--beta1 in [0, 1)"),
-                                          (["--dataset", "mnist", "--image-size", "48"], "DCGAN takes 28, 32, 64")],
-                         ids=["negative-lr", "beta1-2", "image-size-48"])
+                                          (["--dataset", "mnist", "--image-size", "48"], "DCGAN takes 28, 32, 64"),
+                                          (["--dataset", "mnist", "--batch-size", "1"],
+                                           "BatchNorm needs 2 or more images a batch")],
+                         ids=["negative-lr", "beta1-2", "image-size-48", "batch-size-1-on-images"])
 def test_a_gan_mistake_ends_in_one_sentence(capsys, tmp_path, argv, message):
     from helpers import expect_user_error
     assert message in expect_user_error(capsys, gan.main, "gan.py", [*argv, "--out", tmp_path / "r"])

@@ -273,13 +273,15 @@ def test_learns_8gaussians_quickly(tmp_path):
 # ---------------------------------------------------------------- the script's own mistakes
 @pytest.mark.parametrize("case,message", [
     ("n-critic-0", "--n-critic: must be a positive integer"), ("clip-negative", "must be positive"),
-    ("image-size-40", "the nets take 28, 32, 64"), ("experiment-on-missing-device", "is not available here")],
+    ("image-size-40", "the nets take 28, 32, 64"),
+    ("batch-size-1-on-images", "BatchNorm needs 2 or more images a batch"), ("experiment-on-missing-device", "is not available here")],
     ids=lambda v: v)
 def test_a_wgan_mistake_ends_in_one_sentence(capsys, tmp_path, case, message):
     if case == "experiment-on-missing-device" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     argv = {"n-critic-0": ["--n-critic", "0"], "clip-negative": ["--clip", "-1"],
             "image-size-40": ["--dataset", "mnist", "--image-size", "40"],
+            "batch-size-1-on-images": ["--dataset", "mnist", "--batch-size", "1"],
             "experiment-on-missing-device": ["--experiment", "gradnorm", "--device", "cuda"]}[case]
     assert message in error_of(capsys, [*argv, "--out", tmp_path / "r"])
 
