@@ -395,11 +395,11 @@ def check_options(cfg, world):
     if cfg.sample_steps > cfg.timesteps or cfg.timesteps < 2 or cfg.batch_size % world:
         raise SystemExit(f"{PROG}: error: need --sample-steps <= --timesteps, --timesteps >= 2 and "
                          f"--batch-size a multiple of the {world} processes")
-    if not (cfg.lr > 0 and cfg.eta >= 0 and cfg.guidance >= 0) or cfg.sigma not in (
+    if not (cfg.lr > 0 and 0 <= cfg.eta <= 1 and cfg.guidance >= 0) or cfg.sigma not in (
             "beta", "beta_tilde") or cfg.clip_x0 not in ("on", "off") or cfg.sampler not in (
             "ancestral", "ddim"):
-        raise SystemExit(f"{PROG}: error: need --lr > 0, --eta and --guidance >= 0, --sigma beta "
-                         "or beta_tilde, --clip-x0 on or off, --sampler ancestral or ddim")
+        raise SystemExit(f"{PROG}: error: need --lr > 0, --eta in [0, 1], --guidance >= 0, --sigma "
+                         "beta or beta_tilde, --clip-x0 on or off, --sampler ancestral or ddim")
 
 # ------------------------------------------------------------------------- 4. sampling, figures
 def draw(cfg, sched, ema, n, sampler, steps=50, seed=3, record=(), progress=""):
@@ -614,9 +614,9 @@ OPTIONS = [  # this script's options, written as COMMON's below
     ("--clip-x0", ("off", "on"), "on: clip x0_hat to [-1, 1] and take the posterior mean at it"),
     ("--sampler", ("ancestral", "ddim"), "samples.npz by Algorithm 2 (T steps) or DDIM"),
     ("--sample-steps", 50, "DDIM's number of steps"),
-    ("--eta", 0.0, "DDIM's noise: 0 deterministic, 1 like Algorithm 2"),
+    ("--eta", 0.0, "DDIM's noise, 0 to 1: 0 deterministic, 1 like Algorithm 2"),
     ("--cond", False, "learn eps_theta(x_t, t, y) for a class y (2-D: the mode), for guidance"),
-    ("--guidance", 1.0, "w in eps_tilde = (1 + w) eps_theta(x_t, t, y) - w eps_theta(x_t, t)"),
+    ("--guidance", 1.0, "with --cond, w in (1 + w) eps_theta(x_t, t, y) - w eps_theta(x_t, t)"),
     ("--eval-nll", False, "images: the variational bound in bits/dim after training"),
     ("--nll-images", 100, "images the bound averages over (T network passes each)"),
     ("--amp", False, "bfloat16 autocast for the network"),

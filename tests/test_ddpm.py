@@ -490,7 +490,8 @@ def test_a_short_toy_run_learns_every_mode(tmp_path, seed):
     (["--width", 25], "--width must be a multiple of 8"), (["--dataset", "mnist", "--width", 36], "multiple of 8"),
     (["--timesteps", 20, "--sample-steps", 50], "--sample-steps <= --timesteps"),
     (["--dataset", "mnist", "--image-size", 40], "the U-Net takes 28, 32 or 64"),
-    (["--sigma", "huge"], "--sigma beta or beta_tilde"), (["--lr", "-1"], "need --lr > 0")],
+    (["--sigma", "huge"], "--sigma beta or beta_tilde"), (["--lr", "-1"], "need --lr > 0"),
+    (["--sampler", "ddim", "--eta", 1.5], "--eta in [0, 1]")],
     ids=lambda v: v if isinstance(v, str) else None)
 def test_a_bad_option_is_one_sentence_and_writes_nothing(capsys, tmp_path, argv, message):
     assert message in error_of(capsys, [*argv, "--out", tmp_path / "r"])
