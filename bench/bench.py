@@ -241,7 +241,7 @@ def bench_fid_throughput(reuse):
     import fid
     torch.manual_seed(0)
     rows = []
-    for name, model, shape, n in [("inception (2048-d, 32 px input resized to 299)", fid.FIDInceptionV3(2048), (3, 32, 32), 40 if QUICK else 200),
+    for name, model, shape, n in [("inception (2048-d, 32 px input resized to 299)", fid.FIDInceptionV3(2048), (3, 32, 32), 50 if QUICK else 200),
                                   ("classifier (128-d, 28 px)", fid.Classifier(), (1, 28, 28), 2000 if QUICK else 20000)]:
         model.eval()
         x = torch.rand(50, *shape)
