@@ -345,6 +345,9 @@ def parse_options(argv):
     cfg.image_size = cfg.image_size or sizes.get(cfg.dataset.split(":")[0], 64)
     run = getattr(cfg, "experiment", "train")
     cfg.out = cfg.out or f"runs/{PROG[:-3]}-{Path(cfg.dataset).name if run == 'train' else run}"
+    there = next(p for p in [Path(cfg.out), *Path(cfg.out).absolute().parents] if p.exists())
+    if not there.is_dir():  # found now, before any work
+        raise SystemExit(f"{PROG}: error: --out {cfg.out}: {there} is a file, not a folder")
     return cfg
 
 def fetch(name, file, data_dir):

@@ -199,6 +199,14 @@ def test_a_user_mistake_ends_in_one_sentence(mod, tmp_path, capsys, case, messag
     assert message in error_of(capsys, mod, [*argv, "--out", tmp_path / "r"])
 
 
+@pytest.mark.parametrize("where", ["the-file", "below-the-file"], ids=lambda v: f"out-{v}-is-a-file-not-a-folder")
+def test_an_out_that_is_a_file_is_refused_and_the_file_kept(mod, tmp_path, capsys, where):
+    (tmp_path / "samples.npz").write_bytes(b"a user's file")
+    out = tmp_path / "samples.npz" / ("run" if where == "below-the-file" else "")
+    assert "samples.npz is a file, not a folder" in error_of(capsys, mod, ["--out", out, "--steps", 2])
+    assert (tmp_path / "samples.npz").read_bytes() == b"a user's file"
+
+
 def test_an_existing_run_is_not_overwritten_unless_asked(mod, tmp_path, capsys):
     out = tiny_run(mod, tmp_path, "--steps", 2)
     before = snapshot(out)
