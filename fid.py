@@ -510,6 +510,11 @@ def train_classifier(cfg, device):
     """Adam on cross-entropy with small random shifts; prints and stores the test accuracy."""
     if cfg.lr <= 0:
         raise SystemExit(f"{PROG}: error: --lr must be positive, not {cfg.lr}")
+    out = Path(cfg.out or Path(cfg.data_dir, "classifiers", f"{cfg.dataset}.pt"))
+    try:  # its folder made before the training, not after
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"{PROG}: error: cannot make a folder for --out {out} ({e})") from None
     (x, y, _), (x_test, y_test, _) = (load_data(cfg.dataset, cfg.data_dir, 28, s)
                                       for s in ("train", "test"))
     torch.manual_seed(cfg.seed)
@@ -529,11 +534,9 @@ def train_classifier(cfg, device):
     with torch.no_grad():
         pred = torch.cat([model.eval()(xb.to(device).float() / 127.5 - 1)[1].argmax(1).cpu()
                           for xb in x_test.split(1000)])
-    acc, out = (pred == y_test).float().mean().item(), Path(cfg.out or Path(
-        cfg.data_dir, "classifiers", f"{cfg.dataset}.pt"))
+    acc = (pred == y_test).float().mean().item()
     torch.save({"dataset": cfg.dataset, "test_accuracy": acc, "model": {
         k: v.cpu() for k, v in model.state_dict().items()}}, b := io.BytesIO())
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, b.getvalue())
     print(f"test accuracy {acc:.2%} on the {len(y_test)} {cfg.dataset} test images; saved {out}")
     return model, acc

@@ -427,7 +427,8 @@ def test_loaders(tmp_path, mnist_dir):
     ("one-sample", "has 1 sample(s); a covariance needs at least 2"),
     ("zero-lr", "--lr must be positive, not 0.0"), ("toy-split", "a toy set also :gaussian"),
     ("raw-on-images", "--extractor raw is for 2-D points"),
-    ("nan-points", "nan.npz hold NaN or inf")], ids=lambda v: v)
+    ("nan-points", "nan.npz hold NaN or inf"),
+    ("classifier-out-below-a-file", "cannot make a folder for --out")], ids=lambda v: v)
 def test_bad_inputs(case, message, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     write_image_folder(tmp_path / "mixed")  # 40x30, 28x28 and 64x80 images
@@ -442,7 +443,8 @@ def test_bad_inputs(case, message, tmp_path, capsys):
             "one-sample": ["8gaussians", "8gaussians", "--num-real", "1"],
             "zero-lr": ["train-classifier", "--lr", "0"], "toy-split": ["8gaussians:val", "8gaussians"],
             "raw-on-images": [tmp_path / "mixed2", tmp_path / "mixed2", "--extractor", "raw"],
-            "nan-points": [tmp_path / "nan.npz", "8gaussians"]}[case]
+            "nan-points": [tmp_path / "nan.npz", "8gaussians"],
+            "classifier-out-below-a-file": ["train-classifier", "--out", tmp_path / "pts.npz" / "c.pt"]}[case]
     np.savez(tmp_path / "nan.npz", x=np.full((10, 2), np.nan, np.float32))  # a diverged generator's
     write_image_folder(tmp_path / "mixed2", sizes=((8, 8),))
     if case == "points_vs_images":
