@@ -811,13 +811,14 @@ def main(argv=None):
     cfg = parse_options(argv)
     torch.manual_seed(cfg.seed)
     sched, ema, rank = train(cfg)
+    if dist.is_initialized():  # training is done: the processes part together, rank 0 goes on
+        dist.barrier()
+        dist.destroy_process_group()
     if rank == 0:  # one process samples and writes
         export(cfg, sched, ema)
         final_figures(cfg, sched, ema)
         plot_log(cfg.out)
         print(f"figures, samples.npz, metrics.json and checkpoint.pt are in {cfg.out}/")
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 if __name__ == "__main__":
     main()
