@@ -149,8 +149,8 @@ def train(cfg):
     opt_G = torch.optim.Adam(G.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
     opt_D = torch.optim.Adam(D.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
     parts = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}  # what a checkpoint holds
-    step, clock = start_run(cfg, parts)
-    for step in range(step + 1, cfg.steps + 1):
+    start = start_run(cfg)
+    for step in range(1, cfg.steps + 1):
         for group in [*opt_G.param_groups, *opt_D.param_groups]:  # linear decay: a function of step
             group["lr"] = cfg.lr * ((1 - (step - 1) / cfg.steps) if cfg.lr_decay == "linear" else 1)
         # 1. k times: sample m labelled examples (x, y) ~ P_data, a wrong label y' for each and m
@@ -181,7 +181,7 @@ def train(cfg):
                  ["on_target"]} if toy and (step % cfg.log_every == 0 or step == cfg.steps) else {}
         D_match, D_mismatch, D_fake = (torch.sigmoid(logit).mean() for logit in
                                        (logit_match, logit_mismatch, logit_fake))
-        log_step(cfg, clock, step, loss_D=loss_D, loss_G=loss_G, D_match=D_match,
+        log_step(cfg, start, step, loss_D=loss_D, loss_G=loss_G, D_match=D_match,
                  D_mismatch=D_mismatch, D_fake=D_fake, **extra)
         if step % cfg.sample_every == 0 or step == cfg.steps:
             plot_samples(cfg, step, G, D)
@@ -227,8 +227,6 @@ def generate(G, cfg, labels, n_per_class, seed=1):
     return x, torch.tensor(list(labels)).repeat_interleave(n_per_class)
 
 # ------------------------------------------------------------------------- 4. toy sets, figures
-TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
-
 def sample_toy_labelled(name, n, generator=None):
     """Points of a mixture and their labels: y ~ U{0..K-1}, x = centre_y + std * N(0, I)."""
     centres, std = toy_centres(name)
@@ -284,55 +282,12 @@ def plot_samples(cfg, step, G, D):
                         yticklabels=[cfg.classes[k] or "(top)" for k in labels])
     save_figure(fig, Path(cfg.out) / f"samples_{step}.png")
 
-def toy_centres(name):
-    """WGAN-GP's mixtures: 8 centres at radius 2, angles k * 45 degrees, std 0.02, all / 1.414;
-    or the grid {-4, -2, 0, 2, 4}^2, std 0.05, all / 2.828."""
-    if name == "8gaussians":
-        k = torch.arange(8) * (2 * math.pi / 8)
-        return torch.stack([2 * torch.cos(k), 2 * torch.sin(k)], 1) / 1.414, 0.02 / 1.414
-    g = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
-    return torch.cartesian_prod(g, g) / 2.828, 0.05 / 2.828
-
-def mode_metrics(x, name):
-    """VEEGAN's measure: a sample is of high quality within 3 std of its nearest mode; a mode is
-    captured when it is the nearest mode of at least one such sample."""
-    centres, std = toy_centres(name)
-    dist, nearest = torch.cdist(torch.as_tensor(x, dtype=torch.float32), centres).min(1)
-    return {"modes": nearest[dist < 3 * std].unique().numel(), "of": len(centres),
-            "high_quality": (dist < 3 * std).float().mean().item()}
-
-def plot_log(out):  # losses.png: one panel per column of log.csv
-    if len((Path(out) / "log.csv").read_text().splitlines()) < 2:
-        return  # no rows: a copied checkpoint resumed at its last step
-    cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
-    names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
-    fig = figure(f"{out}/log.csv", 1, len(names))
-    for ax, name in zip(fig.axes, names):
-        ax.plot(cols["step"], cols[name]), ax.set(title=name, xlabel="step")
-    save_figure(fig, Path(out) / "losses.png")
-
-def figure(title, rows=1, cols=1):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(4.5 * cols + 1, 4 * rows), layout="constrained")
-    fig.subplots(rows, cols), fig.suptitle(title)
-    return fig
-
-def save_figure(fig, path):
-    fig.savefig(buffer := io.BytesIO(), format="png", dpi=90)
-    write_atomic(path, buffer.getvalue())
-
-def image_grid(x, ncol):  # N x C x H x W in [-1, 1] -> one uint8 picture, ncol images a row
-    x = F.pad(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2), (1, 1, 1, 1), value=255)
-    (n, c, h, w), rows = x.shape, math.ceil(len(x) / ncol)
-    x = torch.cat([x, torch.full((rows * ncol - n, c, h, w), 255, dtype=torch.uint8)])
-    return x.view(rows, ncol, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, ncol * w, c).numpy()
-
 CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                                  "Shirt", "Sneaker", "Bag", "Ankle boot"],
                "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                            "ship", "truck"]}
 
-PROG, ARCH = "cgan.py", ("z_dim", "emb_dim", "width", "d_cond", "classes")  # checkpoints must match
+PROG = "cgan.py"
 OPTIONS = [  # this script's options, written as COMMON's below
     ("--dataset", "8gaussians", "8gaussians or 25gaussians (label = mode), mnist, fashion-mnist, "
      "cifar10, or a folder of images with one sub-folder per class"),
@@ -351,17 +306,17 @@ OPTIONS = [  # this script's options, written as COMMON's below
     ("--num-samples", (2400, 1000), "samples written to samples.npz, as many for each class")]
 
 # --- plumbing: the same in every script; skip on first read ---
+TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
 COMMON = [  # flag, default, help; a default (a, b) is a for 2-D data, b for images; a list: choices
     ("--dataset", "8gaussians", "a 2-D toy set, mnist, fashion-mnist, cifar10 or an image folder"),
     ("--data-dir", "./data", "where datasets are found, or downloaded to"),
     ("--out", "", "the run's folder; empty: runs/<script>-<dataset>"),
     ("--image-size", 0, "pixels; 0: 28 for (fashion-)mnist, 32 for cifar10, 64 for a folder"),
     ("--seed", 0, "random seed; on a CPU the same seed gives the same numbers"),
-    ("--device", ["auto", "cpu", "cuda", "mps"], "auto takes cuda, else mps, else cpu"),
+    ("--device", ["auto", "cpu", "cuda"], "auto takes cuda when there is one, else cpu"),
     ("--log-every", 100, "steps between progress lines and log.csv rows"),
     ("--sample-every", 1000, "steps between sample figures and checkpoints"),
     ("--num-samples", (2500, 1000), "samples written to samples.npz at the end"),
-    ("--resume", False, "continue the run in --out from its checkpoint"),
     ("--overwrite", False, "start again even if --out holds a run")]
 IMAGE_FILES = (".png", ".jpg", ".jpeg")
 MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -375,6 +330,32 @@ SOURCES = {  # dataset: (where its files are published, {file: MD5})
                 "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
     "cifar10": ("https://www.cs.toronto.edu/~kriz/",
                 {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"})}
+
+def toy_centres(name):
+    """WGAN-GP's mixtures: 8 centres at radius 2, angles k * 45 degrees, std 0.02, all / 1.414;
+    or the grid {-4, -2, 0, 2, 4}^2, std 0.05, all / 2.828."""
+    if name == "8gaussians":
+        k = torch.arange(8) * (2 * math.pi / 8)
+        return torch.stack([2 * torch.cos(k), 2 * torch.sin(k)], 1) / 1.414, 0.02 / 1.414
+    g = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+    return torch.cartesian_prod(g, g) / 2.828, 0.05 / 2.828
+
+def sample_toy(name, n, generator=None):
+    if name == "swissroll":  # (t cos t, t sin t), t ~ U[1.5 pi, 4.5 pi], noise 0.25, all / 7.5
+        t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
+        x = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1)
+        return (x + 0.25 * torch.randn(n, 2, generator=generator)) / 7.5
+    centres, std = toy_centres(name)
+    k = torch.randint(len(centres), (n,), generator=generator)  # each point's mode, then its noise
+    return centres[k] + std * torch.randn(n, 2, generator=generator)
+
+def mode_metrics(x, name):
+    """VEEGAN's measure: a sample is of high quality within 3 std of its nearest mode; a mode is
+    captured when it is the nearest mode of at least one such sample."""
+    centres, std = toy_centres(name)
+    dist, nearest = torch.cdist(torch.as_tensor(x, dtype=torch.float32), centres).min(1)
+    return {"modes": nearest[dist < 3 * std].unique().numel(), "of": len(centres),
+            "high_quality": (dist < 3 * std).float().mean().item()}
 
 def positive(text):
     if not text.isdigit() or int(text) < 1:
@@ -401,9 +382,6 @@ def parse_options(argv):
     cfg.image_size = cfg.image_size or sizes.get(cfg.dataset.split(":")[0], 64)
     run = getattr(cfg, "experiment", "train")
     cfg.out = cfg.out or f"runs/{PROG[:-3]}-{Path(cfg.dataset).name if run == 'train' else run}"
-    there = next(p for p in [Path(cfg.out), *Path(cfg.out).absolute().parents] if p.exists())
-    if not there.is_dir():  # found now, before any work
-        raise SystemExit(f"{PROG}: error: --out {cfg.out}: {there} is a file, not a folder")
     return cfg
 
 def fetch(name, file, data_dir):
@@ -473,65 +451,69 @@ def to_uint8(x):  # [-1, 1] floats N x C x H x W -> uint8 N x H x W x C, as nump
     return ((x.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 def pick_device(name):
-    have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name != "cpu" and not have.get(name, True):
-        raise SystemExit(f"{PROG}: error: --device {name} is not available here; use auto or cpu")
-    return name if name != "auto" else next((d for d in have if have[d]), "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{PROG}: error: --device cuda is not available here; use auto or cpu")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else name.replace("auto", "cpu")
 
-def start_run(cfg, parts):
-    """Refuse to overwrite a run; with --resume load parts, step and RNG state from the checkpoint,
-    unless another script or other --dataset, --image-size or ARCH options wrote it."""
-    out, step = Path(cfg.out), 0
-    if not (cfg.resume or cfg.overwrite) and (out / "log.csv").exists():
-        raise SystemExit(f"{PROG}: error: {out} holds a run: add --resume to continue it, "
-                         "--overwrite to start again, or choose another --out")
-    if cfg.resume:
-        try:
-            state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-            diff = [f"--{k.replace('_', '-')} {state['options'][k]}, not {vars(cfg)[k]}" for k in
-                    ("dataset", "image_size", *ARCH) if state["options"][k] != vars(cfg)[k]]
-        except Exception as e:  # missing, truncated, or not a checkpoint
-            raise SystemExit(f"{PROG}: error: cannot resume from {out}/checkpoint.pt: {e}") from e
-        if state["script"] != PROG or diff:
-            raise SystemExit(f"{PROG}: error: {out}/checkpoint.pt is from {state['script']}"
-                             + " with " * bool(diff) + "; ".join(diff) + "; choose another --out")
-        for name, part in parts.items():
-            part.load_state_dict(state[name])
-        torch.set_rng_state(state["rng"])
-        step = state["step"]
+def start_run(cfg):
+    """Refuse to overwrite a run; then a fresh log.csv and the options in config.json."""
+    out = Path(cfg.out)
+    if not cfg.overwrite and (out / "log.csv").exists():
+        raise SystemExit(f"{PROG}: error: {out} holds a run: add --overwrite to start again, or "
+                         "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "log.csv"  # its rows up to step are kept
-    rows = log.read_text().splitlines(True) if step and log.exists() else []
-    write_atomic(log, "".join(r for r in rows if not r[0].isdigit()
-                              or int(r.split(",")[0]) <= step))
+    write_atomic(out / "log.csv", "")
     write_atomic(out / "config.json", json.dumps(vars(cfg), indent=1))
-    return step, (time.time(), step)
+    return time.time()
 
-def save_checkpoint(cfg, parts, step):
-    state = {"script": PROG, "options": vars(cfg), "step": step, "rng": torch.get_rng_state()}
+def save_checkpoint(cfg, parts, step):  # torch.load(path, weights_only=True) reads it back
+    state = {"script": PROG, "options": vars(cfg), "step": step}
     torch.save({**state, **{k: part.state_dict() for k, part in parts.items()}}, b := io.BytesIO())
     write_atomic(Path(cfg.out) / "checkpoint.pt", b.getvalue())
 
-def log_step(cfg, clock, step, **values):
+def log_step(cfg, start, step, **values):
     """Stop at NaN or inf (the last checkpoint stays); every --log-every steps a row and a line."""
     values = {k: v.item() if torch.is_tensor(v) else float(v) for k, v in values.items()}
     if not all(map(math.isfinite, values.values())):
         raise SystemExit(f"{PROG}: error: a loss is NaN or inf at step {step}; {cfg.out}/checkpoint"
-                         f".pt holds the last good state: --resume with a lower --lr than {cfg.lr}")
+                         f".pt holds the last good state; start again with an --lr below {cfg.lr}")
     if step % cfg.log_every == 0 or step == cfg.steps:
-        seconds, path = time.time() - clock[0], Path(cfg.out) / "log.csv"
-        with open(path, "a") as f:  # the header first, then a row per call
-            f.write(f"step,{','.join(values)},seconds\n" * (path.stat().st_size == 0)
+        seconds = time.time() - start
+        with open(Path(cfg.out) / "log.csv", "a") as f:  # the header first, then a row per call
+            f.write(f"step,{','.join(values)},seconds\n" * (f.tell() == 0)
                     + ",".join(f"{v:.6g}" for v in (step, *values.values(), seconds)) + "\n")
-        rate = (step - clock[1]) / seconds
-        left = round((cfg.steps - step) / rate)  # seconds
+        left = round((cfg.steps - step) * seconds / step)  # seconds, at the rate so far
         print(f"step {step}/{cfg.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items())
-              + f"  {rate:.1f} steps/s, {left // 60}:{left % 60:02} left", flush=True)
+              + f"  {step / seconds:.1f} steps/s, {left // 60}:{left % 60:02} left", flush=True)
 
 def write_atomic(path, data):
     tmp = Path(f"{path}.tmp")
     tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
     os.replace(tmp, path)
+
+def plot_log(out):  # losses.png: one panel per column of log.csv
+    cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
+    names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
+    fig = figure(f"{out}/log.csv", 1, len(names))
+    for ax, name in zip(fig.axes, names):
+        ax.plot(cols["step"], cols[name]), ax.set(title=name, xlabel="step")
+    save_figure(fig, Path(out) / "losses.png")
+
+def figure(title, rows=1, cols=1):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4.5 * cols + 1, 4 * rows), layout="constrained")
+    fig.subplots(rows, cols), fig.suptitle(title)
+    return fig
+
+def save_figure(fig, path):
+    fig.savefig(buffer := io.BytesIO(), format="png", dpi=90)
+    write_atomic(path, buffer.getvalue())
+
+def image_grid(x, ncol):  # N x C x H x W in [-1, 1] -> one uint8 picture, ncol images a row
+    x = F.pad(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2), (1, 1, 1, 1), value=255)
+    (n, c, h, w), rows = x.shape, math.ceil(len(x) / ncol)
+    x = torch.cat([x, torch.full((rows * ncol - n, c, h, w), 255, dtype=torch.uint8)])
+    return x.view(rows, ncol, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, ncol * w, c).numpy()
 
 def main(argv=None):
     cfg = parse_options(argv)

@@ -139,34 +139,6 @@ def kernel_distance(f1, f2, subsets=100, subset_size=1000, seed=0):
                       - 2 * k_xy.sum() / m ** 2)
     return float(np.mean(values)), float(np.std(values))
 
-TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
-
-def toy_centres(name):
-    """WGAN-GP's mixtures: 8 centres at radius 2, angles k * 45 degrees, std 0.02, all / 1.414;
-    or the grid {-4, -2, 0, 2, 4}^2, std 0.05, all / 2.828."""
-    if name == "8gaussians":
-        k = torch.arange(8) * (2 * math.pi / 8)
-        return torch.stack([2 * torch.cos(k), 2 * torch.sin(k)], 1) / 1.414, 0.02 / 1.414
-    g = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
-    return torch.cartesian_prod(g, g) / 2.828, 0.05 / 2.828
-
-def sample_toy(name, n, generator=None):
-    if name == "swissroll":  # (t cos t, t sin t), t ~ U[1.5 pi, 4.5 pi], noise 0.25, all / 7.5
-        t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
-        x = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1)
-        return (x + 0.25 * torch.randn(n, 2, generator=generator)) / 7.5
-    centres, std = toy_centres(name)
-    k = torch.randint(len(centres), (n,), generator=generator)  # each point's mode, then its noise
-    return centres[k] + std * torch.randn(n, 2, generator=generator)
-
-def mode_metrics(x, name):
-    """VEEGAN's measure: a sample is of high quality within 3 std of its nearest mode; a mode is
-    captured when it is the nearest mode of at least one such sample."""
-    centres, std = toy_centres(name)
-    dist, nearest = torch.cdist(torch.as_tensor(x, dtype=torch.float32), centres).min(1)
-    return {"modes": nearest[dist < 3 * std].unique().numel(), "of": len(centres),
-            "high_quality": (dist < 3 * std).float().mean().item()}
-
 # ------------------------------------------------------- 5. the feature extractors
 # (a) The FID Inception-V3: TensorFlow's graph of 2015-12-05 as pytorch-fid ports it, under
 # torchvision's parameter names, so the published weights load with strict=True. Three details of
@@ -572,13 +544,14 @@ def options(argv):
     add("--batch-size", 128 if train else 100, "images per step or forward pass")
     add("--data-dir", "./data", "where data sets are found, or downloaded to")
     add("--seed", 0, "random seed")
-    add("--device", "auto", "auto takes cuda, else mps, else cpu", choices=["auto", "cpu", "cuda",
-                                                                             "mps"])
+    add("--device", "auto", "auto takes cuda when there is one, else cpu",
+        choices=["auto", "cpu", "cuda"])
     return p, p.parse_args(argv[train:])
 
 PROG = "fid.py"  # below: the parts of gan.py's plumbing block that fid.py uses, identical copies
 
 # --- plumbing: the same in every script; skip on first read ---
+TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
 IMAGE_FILES = (".png", ".jpg", ".jpeg")
 MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]
@@ -591,6 +564,32 @@ SOURCES = {  # dataset: (where its files are published, {file: MD5})
                 "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
     "cifar10": ("https://www.cs.toronto.edu/~kriz/",
                 {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"})}
+
+def toy_centres(name):
+    """WGAN-GP's mixtures: 8 centres at radius 2, angles k * 45 degrees, std 0.02, all / 1.414;
+    or the grid {-4, -2, 0, 2, 4}^2, std 0.05, all / 2.828."""
+    if name == "8gaussians":
+        k = torch.arange(8) * (2 * math.pi / 8)
+        return torch.stack([2 * torch.cos(k), 2 * torch.sin(k)], 1) / 1.414, 0.02 / 1.414
+    g = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+    return torch.cartesian_prod(g, g) / 2.828, 0.05 / 2.828
+
+def sample_toy(name, n, generator=None):
+    if name == "swissroll":  # (t cos t, t sin t), t ~ U[1.5 pi, 4.5 pi], noise 0.25, all / 7.5
+        t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
+        x = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1)
+        return (x + 0.25 * torch.randn(n, 2, generator=generator)) / 7.5
+    centres, std = toy_centres(name)
+    k = torch.randint(len(centres), (n,), generator=generator)  # each point's mode, then its noise
+    return centres[k] + std * torch.randn(n, 2, generator=generator)
+
+def mode_metrics(x, name):
+    """VEEGAN's measure: a sample is of high quality within 3 std of its nearest mode; a mode is
+    captured when it is the nearest mode of at least one such sample."""
+    centres, std = toy_centres(name)
+    dist, nearest = torch.cdist(torch.as_tensor(x, dtype=torch.float32), centres).min(1)
+    return {"modes": nearest[dist < 3 * std].unique().numel(), "of": len(centres),
+            "high_quality": (dist < 3 * std).float().mean().item()}
 
 def positive(text):
     if not text.isdigit() or int(text) < 1:
@@ -658,10 +657,9 @@ def load_data(name, data_dir, size, split="train"):
     return x, torch.tensor(np.array(y, dtype=np.int64)), names
 
 def pick_device(name):
-    have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name != "cpu" and not have.get(name, True):
-        raise SystemExit(f"{PROG}: error: --device {name} is not available here; use auto or cpu")
-    return name if name != "auto" else next((d for d in have if have[d]), "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{PROG}: error: --device cuda is not available here; use auto or cpu")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else name.replace("auto", "cpu")
 
 def write_atomic(path, data):
     tmp = Path(f"{path}.tmp")

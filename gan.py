@@ -1,7 +1,8 @@
 """gan.py - the original GAN (Goodfellow et al., 2014), one file to read beside the lecture notes.
 
-G turns noise z ~ p(z) = N(0, I) into samples with law P_G; D, a binary classifier, tells them from
-data x ~ P_data. Algorithm 1: fix G, train D for k steps; fix D, train G; repeat (D is never reset).
+G turns noise z ~ p(z) = N(0, I) into samples with law P_G, aiming at G* = arg min_G Div(P_G,
+P_data); D, a binary classifier, measures that divergence from samples of P_G and x ~ P_data.
+Algorithm 1: fix G, train D for k steps; fix D, train G; repeat.
 
     min_G max_D V(D, G) = E_{x~P_data}[log D(x)] + E_{z~p(z)}[log(1 - D(G(z)))]
 
@@ -13,16 +14,15 @@ Notes -> code: the notes' sample y is x here; note 004's J(theta, phi) is V, wit
 parameters, phi = D's and p_theta = P_G.
 
 Examples:
-  python gan.py                          # 8 Gaussians in 2-D, about a minute on a CPU
-  python gan.py --dataset 25gaussians    # harder: watch for dropped modes
-  python gan.py --dataset fashion-mnist  # DCGAN, 12 min on 2 CPU cores; or mnist, cifar10, a folder
+  python gan.py                          # 8 Gaussians in 2-D, about 40 s on 2 CPU cores
+  python gan.py --dataset 25gaussians    # harder: watch for mode dropping and mode collapse
+  python gan.py --dataset fashion-mnist  # DCGAN, 5 min on 2 CPU cores; mnist, cifar10, a folder
   python gan.py --experiment js          # JS saturates at log 2, the minimax gradient vanishes
   python gan.py --g-loss minimax         # the game as written, k = 1 as in the paper (--d-steps k)
 
-Deviations from the paper: D outputs a logit l, D(x) = sigmoid(l), log D = -softplus(-l) (the same
-numbers, no log 0); G's default loss is the non-saturating one that the paper recommends in
-practice; images use DCGAN networks and Adam (Radford et al., 2016), not maxout MLPs and SGD;
-minibatches are drawn with replacement (no epochs).
+Deviations from the paper: D outputs a logit l, D(x) = sigmoid(l), log D = -softplus(-l) (same
+numbers, no log 0); G's default loss is the non-saturating one the paper advises in practice; images
+use DCGAN nets and Adam (Radford et al., 2016), not maxout MLPs and SGD; batches with replacement.
 """
 import argparse, gzip, hashlib, io, json, math, os, sys, tarfile, time, urllib.request, zlib
 from pathlib import Path
@@ -82,9 +82,8 @@ def dcgan_pair(z_dim, channels, size, width):
         D += [nn.Conv2d(ch[i + 1], ch[i], 4, 2, 1, bias=False), nn.BatchNorm2d(ch[i]),
               nn.LeakyReLU(0.2)]
     G, D = nn.Sequential(*G), nn.Sequential(*D, nn.Flatten(), nn.Linear(ch[0] * s0 * s0, 1))
-    for m in [*G.modules(), *D.modules()]:  # and BatchNorm scales ~ N(1, 0.02)
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d,
-                          nn.BatchNorm2d)):
+    for m in [*G.modules(), *D.modules()]:  # BatchNorm scales ~ N(1, 0.02)
+        if hasattr(m, "weight"):
             nn.init.normal_(m.weight, 1.0 if "Norm" in type(m).__name__ else 0.0, 0.02)
     return G, D
 
@@ -104,10 +103,12 @@ def train(cfg):
     opt_G = torch.optim.Adam(G.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
     opt_D = torch.optim.Adam(D.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
     parts = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}  # what a checkpoint holds
-    step, clock = start_run(cfg, parts)
+    start = start_run(cfg)
     fixed = torch.Generator().manual_seed(cfg.seed + 1)  # the figures' noise, fixed for the run
     z_fixed = torch.randn(1000 if toy else 64, cfg.z_dim, generator=fixed)
-    for step in range(step + 1, cfg.steps + 1):
+    for step in range(1, cfg.steps + 1):
+        # D is not re-initialised between rounds: in theory each round trains it from scratch to
+        # max_D V, which is too slow; last round's D is already near the new optimum (note 001).
         # 1. k times: sample m noises z ~ p(z) and m examples x ~ P_data; update D by ascending
         #    V(D, G), i.e. descending L_D = -V, with G fixed.
         for _ in range(cfg.d_steps):
@@ -125,7 +126,7 @@ def train(cfg):
         loss_G.backward()
         opt_G.step()
         # 3. Watch D(x) and D(G(z)): at the game's equilibrium both are 1/2.
-        log_step(cfg, clock, step, loss_D=loss_D, loss_G=loss_G,
+        log_step(cfg, start, step, loss_D=loss_D, loss_G=loss_G,
                  D_x=torch.sigmoid(logit_real).mean(), D_G_z=torch.sigmoid(logit_fake).mean())
         if step % cfg.sample_every == 0 or step == cfg.steps:
             plot_samples(cfg, step, G, D, z_fixed.to(device))
@@ -136,8 +137,7 @@ def train(cfg):
 def train_discriminator(sample_real, sample_fake, steps, batch=512, width=64, lr=1e-3, seed=0):
     """A D trained towards D* between two fixed samplers (on the CPU: it is small)."""
     torch.manual_seed(seed)
-    D = nn.Sequential(nn.Linear(sample_real(1).shape[1], width), nn.LeakyReLU(0.2),
-                      nn.Linear(width, width), nn.LeakyReLU(0.2), nn.Linear(width, 1))
+    D = mlp(sample_real(1).shape[1], width, 1)
     opt = torch.optim.Adam(D.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
@@ -157,9 +157,11 @@ JS_COLUMNS = ["case", "theta", "V", "js_lower_bound", "js_exact", "grad_minimax"
               "grad_nonsaturating", "mean_abs_D_minus_D_star"]
 
 def js_experiment(cfg):
-    """P_G is P_data moved by theta along the first axis, for (a) N(0, I) and (b) the WGAN paper's
-    parallel lines (0, U[0, 1]), disjoint once theta != 0. At each theta: a trained D, the JS bound
-    it gives, G's gradient dL_G/dtheta for both losses, and for (a) the mean |D(x) - D*(x)|."""
+    """Why JS fails (note 001): P_data and P_G lie on low-dimensional manifolds that hardly overlap,
+    and even if they overlapped, D sees finitely many samples and separates them perfectly: JS is
+    log 2 at any distance. Here P_G is P_data moved by theta along the first axis, for (a) N(0, I)
+    and (b) the WGAN paper's parallel lines (0, U[0, 1]), disjoint once theta != 0. At each theta:
+    a trained D, its JS bound, G's gradient dL_G/dtheta for both losses, (a) mean |D - D*|."""
     gaussians, rows = (lambda n: torch.randn(n, 2)), []
     lines = lambda n: torch.stack([torch.zeros(n), torch.rand(n)], 1)
     for case, base, thetas in [("gaussians", gaussians, [0, .5, 1, 1.5, 2, 3, 4, 5, 6, 8]),
@@ -187,8 +189,79 @@ def js_experiment(cfg):
     plot_js(rows, Path(cfg.out) / "js.png")
     return rows
 
-# ------------------------------------------------------------------------- 5. toy sets, figures
+# ------------------------------------------------------------------------- 5. figures
+def plot_samples(cfg, step, G, D, z):
+    """2-D: D(x) as a filled contour under the data (black) and G(z) (orange); images: G(z)."""
+    fig, x_fake = figure(f"{cfg.dataset}, step {step}"), G.eval()(z).detach()
+    ax = fig.axes[0]
+    if cfg.dataset in TOY_SETS:
+        g = torch.linspace(-3, 3, 150) * (2.5 / 3 if cfg.dataset == "swissroll" else 1)
+        grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).to(z.device)
+        D_grid = torch.sigmoid(D(grid)[..., 0]).detach().cpu().numpy()
+        fig.colorbar(ax.contourf(*grid.cpu().numpy().T, D_grid.T, levels=20, cmap="RdBu_r", vmin=0,
+                                 vmax=1), ax=ax, label="D(x)")
+        x_data = sample_toy(cfg.dataset, 1000, torch.Generator().manual_seed(cfg.seed + 2)).numpy()
+        ax.scatter(*x_data.T, s=3, c="k", label="data")
+        ax.scatter(*x_fake.cpu().numpy().T, s=3, c="orange", label="G(z)")
+        ax.set(xlim=(g[0].item(), g[-1].item()), ylim=(g[0].item(), g[-1].item()), aspect="equal")
+        ax.legend(loc="lower right", fontsize=7)
+    else:
+        ax.imshow(image_grid(x_fake, 8), cmap="gray")
+        ax.set_axis_off()
+    save_figure(fig, Path(cfg.out) / f"samples_{step}.png")
+    G.train()
+
+def plot_js(rows, path):
+    fig = figure("JS (top) and |dL_G/dtheta| through a trained D (bottom)", 2, 2)
+    for col, case in enumerate(["gaussians", "parallel lines"]):
+        r = {k: np.array([row[k] for row in rows if row["case"] == case]) for k in JS_COLUMNS[1:7]}
+        top, bottom = fig.axes[col], fig.axes[2 + col]
+        top.plot(r["theta"], r["js_lower_bound"], "o-", label=f"{case}: (V(D, G) + 2 log 2) / 2")
+        top.plot(r["theta"], r["js_exact"], "k--", label="exact JS")
+        top.axhline(math.log(2), color="gray", lw=0.8, label="log 2")
+        bottom.semilogy(r["theta"], np.maximum(r["grad_minimax"], 1e-12), "o-", label="minimax")
+        bottom.semilogy(r["theta"], r["grad_nonsaturating"], "s-", label="non-saturating")
+        top.legend(), bottom.legend(), bottom.set_xlabel("theta")
+    save_figure(fig, path)
+
+PROG = "gan.py"
+OPTIONS = [  # this script's options, written as COMMON's below
+    ("--experiment", ["train", "js"], "train a GAN, or js: JS and G's gradient as supports part"),
+    ("--steps", 4000, "generator updates"),
+    ("--batch-size", (256, 64), "minibatch size m"),
+    ("--lr", 2e-4, "Adam's learning rate for G and D (DCGAN's)"),
+    ("--beta1", 0.5, "Adam's beta1; DCGAN's 0.5 steadies GAN training"),
+    ("--g-loss", ["nonsaturating", "minimax"], "G's loss: -log D(G(z)), or log(1 - D(G(z)))"),
+    ("--d-steps", 1, "k, D updates per G update (Algorithm 1; the paper used k = 1)"),
+    ("--z-dim", (2, 100), "dimension of the noise z"),
+    ("--width", (256, 64), "hidden units of the MLPs (2-D) or DCGAN's base channels (images)"),
+    ("--js-steps", 1000, "--experiment js: D updates at each separation")]
+
+# --- plumbing: the same in every script; skip on first read ---
 TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
+COMMON = [  # flag, default, help; a default (a, b) is a for 2-D data, b for images; a list: choices
+    ("--dataset", "8gaussians", "a 2-D toy set, mnist, fashion-mnist, cifar10 or an image folder"),
+    ("--data-dir", "./data", "where datasets are found, or downloaded to"),
+    ("--out", "", "the run's folder; empty: runs/<script>-<dataset>"),
+    ("--image-size", 0, "pixels; 0: 28 for (fashion-)mnist, 32 for cifar10, 64 for a folder"),
+    ("--seed", 0, "random seed; on a CPU the same seed gives the same numbers"),
+    ("--device", ["auto", "cpu", "cuda"], "auto takes cuda when there is one, else cpu"),
+    ("--log-every", 100, "steps between progress lines and log.csv rows"),
+    ("--sample-every", 1000, "steps between sample figures and checkpoints"),
+    ("--num-samples", (2500, 1000), "samples written to samples.npz at the end"),
+    ("--overwrite", False, "start again even if --out holds a run")]
+IMAGE_FILES = (".png", ".jpg", ".jpeg")
+MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz"]
+SOURCES = {  # dataset: (where its files are published, {file: MD5})
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", dict(zip(MNIST, [
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"]))),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", dict(zip(
+        MNIST, ["8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/",
+                {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"})}
 
 def toy_centres(name):
     """WGAN-GP's mixtures: 8 centres at radius 2, angles k * 45 degrees, std 0.02, all / 1.414;
@@ -216,110 +289,6 @@ def mode_metrics(x, name):
     return {"modes": nearest[dist < 3 * std].unique().numel(), "of": len(centres),
             "high_quality": (dist < 3 * std).float().mean().item()}
 
-def plot_samples(cfg, step, G, D, z):
-    """2-D: D(x) as a filled contour, data (black), G(z) (orange) and on each fake the push
-    -grad_x L_G (green). Images: a grid of G(z)."""
-    fig, x_fake = figure(f"{cfg.dataset}, step {step}"), G.eval()(z).detach()
-    ax = fig.axes[0]
-    if cfg.dataset in TOY_SETS:
-        g = torch.linspace(-3, 3, 150) * (2.5 / 3 if cfg.dataset == "swissroll" else 1)
-        grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).to(z.device)
-        D_grid = torch.sigmoid(D(grid)[..., 0]).detach().cpu().numpy()
-        fig.colorbar(ax.contourf(*grid.cpu().numpy().T, D_grid.T, levels=20, cmap="RdBu_r", vmin=0,
-                                 vmax=1), ax=ax, label="D(x)")
-        x_data = sample_toy(cfg.dataset, 1000, torch.Generator().manual_seed(cfg.seed + 2)).numpy()
-        x_arrow = x_fake[:200].requires_grad_(True)
-        push = -torch.autograd.grad(GENERATOR_LOSSES[cfg.g_loss](D(x_arrow)) * 200, x_arrow)[0]
-        ax.scatter(*x_data.T, s=3, c="k", label="data")
-        ax.scatter(*x_fake.cpu().numpy().T, s=3, c="orange", label="G(z)")
-        ax.quiver(*x_arrow.detach().cpu().numpy().T, *push.cpu().numpy().T, color="green",
-                  width=0.003, label="-grad L_G")
-        ax.set(xlim=(g[0].item(), g[-1].item()), ylim=(g[0].item(), g[-1].item()), aspect="equal")
-        ax.legend(loc="lower right", fontsize=7)
-    else:
-        ax.imshow(image_grid(x_fake, 8), cmap="gray")
-        ax.set_axis_off()
-    save_figure(fig, Path(cfg.out) / f"samples_{step}.png")
-    G.train()
-
-def plot_js(rows, path):
-    fig = figure("JS (top) and |dL_G/dtheta| through a trained D (bottom)", 2, 2)
-    for col, case in enumerate(["gaussians", "parallel lines"]):
-        r = {k: np.array([row[k] for row in rows if row["case"] == case]) for k in JS_COLUMNS[1:7]}
-        top, bottom = fig.axes[col], fig.axes[2 + col]
-        top.plot(r["theta"], r["js_lower_bound"], "o-", label=f"{case}: (V(D, G) + 2 log 2) / 2")
-        top.plot(r["theta"], r["js_exact"], "k--", label="exact JS")
-        top.axhline(math.log(2), color="gray", lw=0.8, label="log 2")
-        bottom.semilogy(r["theta"], np.maximum(r["grad_minimax"], 1e-12), "o-", label="minimax")
-        bottom.semilogy(r["theta"], r["grad_nonsaturating"], "s-", label="non-saturating")
-        top.legend(), bottom.legend(), bottom.set_xlabel("theta")
-    save_figure(fig, path)
-
-def plot_log(out):  # losses.png: one panel per column of log.csv
-    if len((Path(out) / "log.csv").read_text().splitlines()) < 2:
-        return  # no rows: a copied checkpoint resumed at its last step
-    cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
-    names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
-    fig = figure(f"{out}/log.csv", 1, len(names))
-    for ax, name in zip(fig.axes, names):
-        ax.plot(cols["step"], cols[name]), ax.set(title=name, xlabel="step")
-    save_figure(fig, Path(out) / "losses.png")
-
-def figure(title, rows=1, cols=1):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(4.5 * cols + 1, 4 * rows), layout="constrained")
-    fig.subplots(rows, cols), fig.suptitle(title)
-    return fig
-
-def save_figure(fig, path):
-    fig.savefig(buffer := io.BytesIO(), format="png", dpi=90)
-    write_atomic(path, buffer.getvalue())
-
-def image_grid(x, ncol):  # N x C x H x W in [-1, 1] -> one uint8 picture, ncol images a row
-    x = F.pad(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2), (1, 1, 1, 1), value=255)
-    (n, c, h, w), rows = x.shape, math.ceil(len(x) / ncol)
-    x = torch.cat([x, torch.full((rows * ncol - n, c, h, w), 255, dtype=torch.uint8)])
-    return x.view(rows, ncol, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, ncol * w, c).numpy()
-
-PROG, ARCH = "gan.py", ("z_dim", "width")  # ARCH: options a checkpoint must match
-OPTIONS = [  # this script's options, written as COMMON's below
-    ("--experiment", ["train", "js"], "train a GAN, or js: JS and G's gradient as supports part"),
-    ("--steps", 4000, "generator updates"),
-    ("--batch-size", (256, 64), "minibatch size m"),
-    ("--lr", 2e-4, "Adam's learning rate for G and D (DCGAN's)"),
-    ("--beta1", 0.5, "Adam's beta1; DCGAN's 0.5 steadies GAN training"),
-    ("--g-loss", ["nonsaturating", "minimax"], "G's loss: -log D(G(z)), or log(1 - D(G(z)))"),
-    ("--d-steps", 1, "k, D updates per G update (Algorithm 1; the paper used k = 1)"),
-    ("--z-dim", (2, 100), "dimension of the noise z"),
-    ("--width", (256, 64), "hidden units of the MLPs (2-D) or DCGAN's base channels (images)"),
-    ("--js-steps", 1000, "--experiment js: D updates at each separation")]
-
-# --- plumbing: the same in every script; skip on first read ---
-COMMON = [  # flag, default, help; a default (a, b) is a for 2-D data, b for images; a list: choices
-    ("--dataset", "8gaussians", "a 2-D toy set, mnist, fashion-mnist, cifar10 or an image folder"),
-    ("--data-dir", "./data", "where datasets are found, or downloaded to"),
-    ("--out", "", "the run's folder; empty: runs/<script>-<dataset>"),
-    ("--image-size", 0, "pixels; 0: 28 for (fashion-)mnist, 32 for cifar10, 64 for a folder"),
-    ("--seed", 0, "random seed; on a CPU the same seed gives the same numbers"),
-    ("--device", ["auto", "cpu", "cuda", "mps"], "auto takes cuda, else mps, else cpu"),
-    ("--log-every", 100, "steps between progress lines and log.csv rows"),
-    ("--sample-every", 1000, "steps between sample figures and checkpoints"),
-    ("--num-samples", (2500, 1000), "samples written to samples.npz at the end"),
-    ("--resume", False, "continue the run in --out from its checkpoint"),
-    ("--overwrite", False, "start again even if --out holds a run")]
-IMAGE_FILES = (".png", ".jpg", ".jpeg")
-MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-         "t10k-labels-idx1-ubyte.gz"]
-SOURCES = {  # dataset: (where its files are published, {file: MD5})
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", dict(zip(MNIST, [
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"]))),
-    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", dict(zip(
-        MNIST, ["8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/",
-                {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"})}
-
 def positive(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
@@ -345,9 +314,6 @@ def parse_options(argv):
     cfg.image_size = cfg.image_size or sizes.get(cfg.dataset.split(":")[0], 64)
     run = getattr(cfg, "experiment", "train")
     cfg.out = cfg.out or f"runs/{PROG[:-3]}-{Path(cfg.dataset).name if run == 'train' else run}"
-    there = next(p for p in [Path(cfg.out), *Path(cfg.out).absolute().parents] if p.exists())
-    if not there.is_dir():  # found now, before any work
-        raise SystemExit(f"{PROG}: error: --out {cfg.out}: {there} is a file, not a folder")
     return cfg
 
 def fetch(name, file, data_dir):
@@ -417,65 +383,69 @@ def to_uint8(x):  # [-1, 1] floats N x C x H x W -> uint8 N x H x W x C, as nump
     return ((x.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 def pick_device(name):
-    have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name != "cpu" and not have.get(name, True):
-        raise SystemExit(f"{PROG}: error: --device {name} is not available here; use auto or cpu")
-    return name if name != "auto" else next((d for d in have if have[d]), "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{PROG}: error: --device cuda is not available here; use auto or cpu")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else name.replace("auto", "cpu")
 
-def start_run(cfg, parts):
-    """Refuse to overwrite a run; with --resume load parts, step and RNG state from the checkpoint,
-    unless another script or other --dataset, --image-size or ARCH options wrote it."""
-    out, step = Path(cfg.out), 0
-    if not (cfg.resume or cfg.overwrite) and (out / "log.csv").exists():
-        raise SystemExit(f"{PROG}: error: {out} holds a run: add --resume to continue it, "
-                         "--overwrite to start again, or choose another --out")
-    if cfg.resume:
-        try:
-            state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-            diff = [f"--{k.replace('_', '-')} {state['options'][k]}, not {vars(cfg)[k]}" for k in
-                    ("dataset", "image_size", *ARCH) if state["options"][k] != vars(cfg)[k]]
-        except Exception as e:  # missing, truncated, or not a checkpoint
-            raise SystemExit(f"{PROG}: error: cannot resume from {out}/checkpoint.pt: {e}") from e
-        if state["script"] != PROG or diff:
-            raise SystemExit(f"{PROG}: error: {out}/checkpoint.pt is from {state['script']}"
-                             + " with " * bool(diff) + "; ".join(diff) + "; choose another --out")
-        for name, part in parts.items():
-            part.load_state_dict(state[name])
-        torch.set_rng_state(state["rng"])
-        step = state["step"]
+def start_run(cfg):
+    """Refuse to overwrite a run; then a fresh log.csv and the options in config.json."""
+    out = Path(cfg.out)
+    if not cfg.overwrite and (out / "log.csv").exists():
+        raise SystemExit(f"{PROG}: error: {out} holds a run: add --overwrite to start again, or "
+                         "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "log.csv"  # its rows up to step are kept
-    rows = log.read_text().splitlines(True) if step and log.exists() else []
-    write_atomic(log, "".join(r for r in rows if not r[0].isdigit()
-                              or int(r.split(",")[0]) <= step))
+    write_atomic(out / "log.csv", "")
     write_atomic(out / "config.json", json.dumps(vars(cfg), indent=1))
-    return step, (time.time(), step)
+    return time.time()
 
-def save_checkpoint(cfg, parts, step):
-    state = {"script": PROG, "options": vars(cfg), "step": step, "rng": torch.get_rng_state()}
+def save_checkpoint(cfg, parts, step):  # torch.load(path, weights_only=True) reads it back
+    state = {"script": PROG, "options": vars(cfg), "step": step}
     torch.save({**state, **{k: part.state_dict() for k, part in parts.items()}}, b := io.BytesIO())
     write_atomic(Path(cfg.out) / "checkpoint.pt", b.getvalue())
 
-def log_step(cfg, clock, step, **values):
+def log_step(cfg, start, step, **values):
     """Stop at NaN or inf (the last checkpoint stays); every --log-every steps a row and a line."""
     values = {k: v.item() if torch.is_tensor(v) else float(v) for k, v in values.items()}
     if not all(map(math.isfinite, values.values())):
         raise SystemExit(f"{PROG}: error: a loss is NaN or inf at step {step}; {cfg.out}/checkpoint"
-                         f".pt holds the last good state: --resume with a lower --lr than {cfg.lr}")
+                         f".pt holds the last good state; start again with an --lr below {cfg.lr}")
     if step % cfg.log_every == 0 or step == cfg.steps:
-        seconds, path = time.time() - clock[0], Path(cfg.out) / "log.csv"
-        with open(path, "a") as f:  # the header first, then a row per call
-            f.write(f"step,{','.join(values)},seconds\n" * (path.stat().st_size == 0)
+        seconds = time.time() - start
+        with open(Path(cfg.out) / "log.csv", "a") as f:  # the header first, then a row per call
+            f.write(f"step,{','.join(values)},seconds\n" * (f.tell() == 0)
                     + ",".join(f"{v:.6g}" for v in (step, *values.values(), seconds)) + "\n")
-        rate = (step - clock[1]) / seconds
-        left = round((cfg.steps - step) / rate)  # seconds
+        left = round((cfg.steps - step) * seconds / step)  # seconds, at the rate so far
         print(f"step {step}/{cfg.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items())
-              + f"  {rate:.1f} steps/s, {left // 60}:{left % 60:02} left", flush=True)
+              + f"  {step / seconds:.1f} steps/s, {left // 60}:{left % 60:02} left", flush=True)
 
 def write_atomic(path, data):
     tmp = Path(f"{path}.tmp")
     tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
     os.replace(tmp, path)
+
+def plot_log(out):  # losses.png: one panel per column of log.csv
+    cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
+    names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
+    fig = figure(f"{out}/log.csv", 1, len(names))
+    for ax, name in zip(fig.axes, names):
+        ax.plot(cols["step"], cols[name]), ax.set(title=name, xlabel="step")
+    save_figure(fig, Path(out) / "losses.png")
+
+def figure(title, rows=1, cols=1):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4.5 * cols + 1, 4 * rows), layout="constrained")
+    fig.subplots(rows, cols), fig.suptitle(title)
+    return fig
+
+def save_figure(fig, path):
+    fig.savefig(buffer := io.BytesIO(), format="png", dpi=90)
+    write_atomic(path, buffer.getvalue())
+
+def image_grid(x, ncol):  # N x C x H x W in [-1, 1] -> one uint8 picture, ncol images a row
+    x = F.pad(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2), (1, 1, 1, 1), value=255)
+    (n, c, h, w), rows = x.shape, math.ceil(len(x) / ncol)
+    x = torch.cat([x, torch.full((rows * ncol - n, c, h, w), 255, dtype=torch.uint8)])
+    return x.view(rows, ncol, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, ncol * w, c).numpy()
 
 def main(argv=None):
     cfg = parse_options(argv)
@@ -484,9 +454,8 @@ def main(argv=None):
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         return js_experiment(cfg)
     G, out = train(cfg), Path(cfg.out)
-    with torch.no_grad():  # samples.npz from noise of its own: exporting changes no training state
-        z = torch.randn(cfg.num_samples, cfg.z_dim,
-                        generator=torch.Generator().manual_seed(cfg.seed + 3))
+    with torch.no_grad():  # samples.npz: G(z) for fresh noise
+        z = torch.randn(cfg.num_samples, cfg.z_dim)
         x = torch.cat([G(zb.to(next(G.parameters()).device)).cpu() for zb in z.split(500)])
     x = x.numpy() if cfg.dataset in TOY_SETS else to_uint8(x)
     np.savez(buffer := io.BytesIO(), x=x)

@@ -142,10 +142,10 @@ def train(cfg):
     G, D, m = G.to(device), D.to(device), cfg.batch_size
     opt_G, opt_D = optimizer(cfg, G.parameters()), optimizer(cfg, D.parameters())
     parts = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}  # what a checkpoint holds
-    step, clock = start_run(cfg, parts)
+    start = start_run(cfg)
     fixed = torch.Generator().manual_seed(cfg.seed + 1)  # the figures' noise, fixed for the run
     z_fixed = torch.randn(1000 if toy else 64, cfg.z_dim, generator=fixed)
-    for step in range(step + 1, cfg.steps + 1):
+    for step in range(1, cfg.steps + 1):
         for group in [*opt_G.param_groups, *opt_D.param_groups]:  # linear decay: a function of step
             group["lr"] = cfg.lr * ((1 - (step - 1) / cfg.steps) if cfg.lr_decay == "linear" else 1)
         # 1. n_critic times: sample real x, noise z (and eps inside the penalty); update the critic
@@ -175,7 +175,7 @@ def train(cfg):
                 z = torch.randn(2500, cfg.z_dim, generator=torch.Generator().manual_seed(7))
                 extra = mode_metrics(G(z.to(device)).cpu(), cfg.dataset)
                 extra.pop("of")
-        log_step(cfg, clock, step, critic_objective=-loss_D, gp=gp, loss_G=loss_G,
+        log_step(cfg, start, step, critic_objective=-loss_D, gp=gp, loss_G=loss_G,
                  lr=opt_G.param_groups[0]["lr"], **extra)
         if step % cfg.sample_every == 0 or step == cfg.steps:
             plot_samples(cfg, step, G, D, z_fixed.to(device))
@@ -293,8 +293,6 @@ def gradnorm_experiment(cfg):
     return curves
 
 # ------------------------------------------------------------------------- 5. toy sets, figures
-TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
-
 def plot_samples(cfg, step, G, D, z):
     """2-D: the critic D(x) as a filled contour, data (black), G(z) (orange) and on each fake the
     push grad_x D(x) = -grad_x L_G (green). Images: a grid of G(z)."""
@@ -338,6 +336,48 @@ def plot_w_vs_js(rows, path):
         top.legend(fontsize=7), bottom.legend(fontsize=7), bottom.set_xlabel("theta")
     save_figure(fig, path)
 
+PROG = "wgan_gp.py"
+OPTIONS = [  # this script's options, written as COMMON's below; a default of 0 is explained
+    ("--dataset", "25gaussians", "a 2-D toy set, mnist, fashion-mnist, cifar10 or an image folder"),
+    ("--experiment", ["train", "w-vs-js", "gradnorm"], "train a WGAN, or run an experiment"),
+    ("--lipschitz", ["gp", "clip", "sn"], "how the critic is kept 1-Lipschitz"),
+    ("--steps", (6000, 4000), "generator updates"),
+    ("--batch-size", (256, 64), "minibatch size m"),
+    ("--lr", 0.0, "learning rate; 0: Adam 5e-4 (2-D) or 2e-4 (images), RMSProp 5e-5 for clip"),
+    ("--lr-decay", ("linear", "none"), "linear: the rate falls to 0 at the last step; or none"),
+    ("--n-critic", (5, 2), "critic updates per G update; the papers use 5 (2: images on a CPU)"),
+    ("--lambda-gp", 0.0, "penalty weight; 0: 0.1 (2-D, toy code), 10 (images), 100 (w-vs-js)"),
+    ("--clip", 0.01, "clip: weights are clamped to [-c, c] (the WGAN paper's c)"),
+    ("--z-dim", (2, 100), "dimension of the noise z"),
+    ("--width", (256, 64), "hidden units of the MLPs (2-D) or base channels (images)"),
+    ("--exp-steps", 0, "experiments: critic updates a setting; 0: 1000 (w-vs-js), 2000 (gradnorm)")]
+
+# --- plumbing: the same in every script; skip on first read ---
+TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
+COMMON = [  # flag, default, help; a default (a, b) is a for 2-D data, b for images; a list: choices
+    ("--dataset", "8gaussians", "a 2-D toy set, mnist, fashion-mnist, cifar10 or an image folder"),
+    ("--data-dir", "./data", "where datasets are found, or downloaded to"),
+    ("--out", "", "the run's folder; empty: runs/<script>-<dataset>"),
+    ("--image-size", 0, "pixels; 0: 28 for (fashion-)mnist, 32 for cifar10, 64 for a folder"),
+    ("--seed", 0, "random seed; on a CPU the same seed gives the same numbers"),
+    ("--device", ["auto", "cpu", "cuda"], "auto takes cuda when there is one, else cpu"),
+    ("--log-every", 100, "steps between progress lines and log.csv rows"),
+    ("--sample-every", 1000, "steps between sample figures and checkpoints"),
+    ("--num-samples", (2500, 1000), "samples written to samples.npz at the end"),
+    ("--overwrite", False, "start again even if --out holds a run")]
+IMAGE_FILES = (".png", ".jpg", ".jpeg")
+MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz"]
+SOURCES = {  # dataset: (where its files are published, {file: MD5})
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", dict(zip(MNIST, [
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"]))),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", dict(zip(
+        MNIST, ["8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/",
+                {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"})}
+
 def toy_centres(name):
     """WGAN-GP's mixtures: 8 centres at radius 2, angles k * 45 degrees, std 0.02, all / 1.414;
     or the grid {-4, -2, 0, 2, 4}^2, std 0.05, all / 2.828."""
@@ -364,74 +404,6 @@ def mode_metrics(x, name):
     return {"modes": nearest[dist < 3 * std].unique().numel(), "of": len(centres),
             "high_quality": (dist < 3 * std).float().mean().item()}
 
-def plot_log(out):  # losses.png: one panel per column of log.csv
-    if len((Path(out) / "log.csv").read_text().splitlines()) < 2:
-        return  # no rows: a copied checkpoint resumed at its last step
-    cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
-    names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
-    fig = figure(f"{out}/log.csv", 1, len(names))
-    for ax, name in zip(fig.axes, names):
-        ax.plot(cols["step"], cols[name]), ax.set(title=name, xlabel="step")
-    save_figure(fig, Path(out) / "losses.png")
-
-def figure(title, rows=1, cols=1):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(4.5 * cols + 1, 4 * rows), layout="constrained")
-    fig.subplots(rows, cols), fig.suptitle(title)
-    return fig
-
-def save_figure(fig, path):
-    fig.savefig(buffer := io.BytesIO(), format="png", dpi=90)
-    write_atomic(path, buffer.getvalue())
-
-def image_grid(x, ncol):  # N x C x H x W in [-1, 1] -> one uint8 picture, ncol images a row
-    x = F.pad(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2), (1, 1, 1, 1), value=255)
-    (n, c, h, w), rows = x.shape, math.ceil(len(x) / ncol)
-    x = torch.cat([x, torch.full((rows * ncol - n, c, h, w), 255, dtype=torch.uint8)])
-    return x.view(rows, ncol, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, ncol * w, c).numpy()
-
-PROG, ARCH = "wgan_gp.py", ("z_dim", "width", "lipschitz", "lr_schedule")  # checkpoints must match
-OPTIONS = [  # this script's options, written as COMMON's below; a default of 0 is explained
-    ("--dataset", "25gaussians", "a 2-D toy set, mnist, fashion-mnist, cifar10 or an image folder"),
-    ("--experiment", ["train", "w-vs-js", "gradnorm"], "train a WGAN, or run an experiment"),
-    ("--lipschitz", ["gp", "clip", "sn"], "how the critic is kept 1-Lipschitz"),
-    ("--steps", (6000, 4000), "generator updates"),
-    ("--batch-size", (256, 64), "minibatch size m"),
-    ("--lr", 0.0, "learning rate; 0: Adam 5e-4 (2-D) or 2e-4 (images), RMSProp 5e-5 for clip"),
-    ("--lr-decay", ("linear", "none"), "linear: the rate falls to 0 at the last step; or none"),
-    ("--n-critic", (5, 2), "critic updates per G update; the papers use 5 (2: images on a CPU)"),
-    ("--lambda-gp", 0.0, "penalty weight; 0: 0.1 (2-D, toy code), 10 (images), 100 (w-vs-js)"),
-    ("--clip", 0.01, "clip: weights are clamped to [-c, c] (the WGAN paper's c)"),
-    ("--z-dim", (2, 100), "dimension of the noise z"),
-    ("--width", (256, 64), "hidden units of the MLPs (2-D) or base channels (images)"),
-    ("--exp-steps", 0, "experiments: critic updates a setting; 0: 1000 (w-vs-js), 2000 (gradnorm)")]
-
-# --- plumbing: the same in every script; skip on first read ---
-COMMON = [  # flag, default, help; a default (a, b) is a for 2-D data, b for images; a list: choices
-    ("--dataset", "8gaussians", "a 2-D toy set, mnist, fashion-mnist, cifar10 or an image folder"),
-    ("--data-dir", "./data", "where datasets are found, or downloaded to"),
-    ("--out", "", "the run's folder; empty: runs/<script>-<dataset>"),
-    ("--image-size", 0, "pixels; 0: 28 for (fashion-)mnist, 32 for cifar10, 64 for a folder"),
-    ("--seed", 0, "random seed; on a CPU the same seed gives the same numbers"),
-    ("--device", ["auto", "cpu", "cuda", "mps"], "auto takes cuda, else mps, else cpu"),
-    ("--log-every", 100, "steps between progress lines and log.csv rows"),
-    ("--sample-every", 1000, "steps between sample figures and checkpoints"),
-    ("--num-samples", (2500, 1000), "samples written to samples.npz at the end"),
-    ("--resume", False, "continue the run in --out from its checkpoint"),
-    ("--overwrite", False, "start again even if --out holds a run")]
-IMAGE_FILES = (".png", ".jpg", ".jpeg")
-MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-         "t10k-labels-idx1-ubyte.gz"]
-SOURCES = {  # dataset: (where its files are published, {file: MD5})
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", dict(zip(MNIST, [
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"]))),
-    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", dict(zip(
-        MNIST, ["8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/",
-                {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"})}
-
 def positive(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
@@ -457,9 +429,6 @@ def parse_options(argv):
     cfg.image_size = cfg.image_size or sizes.get(cfg.dataset.split(":")[0], 64)
     run = getattr(cfg, "experiment", "train")
     cfg.out = cfg.out or f"runs/{PROG[:-3]}-{Path(cfg.dataset).name if run == 'train' else run}"
-    there = next(p for p in [Path(cfg.out), *Path(cfg.out).absolute().parents] if p.exists())
-    if not there.is_dir():  # found now, before any work
-        raise SystemExit(f"{PROG}: error: --out {cfg.out}: {there} is a file, not a folder")
     return cfg
 
 def fetch(name, file, data_dir):
@@ -529,65 +498,69 @@ def to_uint8(x):  # [-1, 1] floats N x C x H x W -> uint8 N x H x W x C, as nump
     return ((x.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 def pick_device(name):
-    have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name != "cpu" and not have.get(name, True):
-        raise SystemExit(f"{PROG}: error: --device {name} is not available here; use auto or cpu")
-    return name if name != "auto" else next((d for d in have if have[d]), "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{PROG}: error: --device cuda is not available here; use auto or cpu")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else name.replace("auto", "cpu")
 
-def start_run(cfg, parts):
-    """Refuse to overwrite a run; with --resume load parts, step and RNG state from the checkpoint,
-    unless another script or other --dataset, --image-size or ARCH options wrote it."""
-    out, step = Path(cfg.out), 0
-    if not (cfg.resume or cfg.overwrite) and (out / "log.csv").exists():
-        raise SystemExit(f"{PROG}: error: {out} holds a run: add --resume to continue it, "
-                         "--overwrite to start again, or choose another --out")
-    if cfg.resume:
-        try:
-            state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-            diff = [f"--{k.replace('_', '-')} {state['options'][k]}, not {vars(cfg)[k]}" for k in
-                    ("dataset", "image_size", *ARCH) if state["options"][k] != vars(cfg)[k]]
-        except Exception as e:  # missing, truncated, or not a checkpoint
-            raise SystemExit(f"{PROG}: error: cannot resume from {out}/checkpoint.pt: {e}") from e
-        if state["script"] != PROG or diff:
-            raise SystemExit(f"{PROG}: error: {out}/checkpoint.pt is from {state['script']}"
-                             + " with " * bool(diff) + "; ".join(diff) + "; choose another --out")
-        for name, part in parts.items():
-            part.load_state_dict(state[name])
-        torch.set_rng_state(state["rng"])
-        step = state["step"]
+def start_run(cfg):
+    """Refuse to overwrite a run; then a fresh log.csv and the options in config.json."""
+    out = Path(cfg.out)
+    if not cfg.overwrite and (out / "log.csv").exists():
+        raise SystemExit(f"{PROG}: error: {out} holds a run: add --overwrite to start again, or "
+                         "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "log.csv"  # its rows up to step are kept
-    rows = log.read_text().splitlines(True) if step and log.exists() else []
-    write_atomic(log, "".join(r for r in rows if not r[0].isdigit()
-                              or int(r.split(",")[0]) <= step))
+    write_atomic(out / "log.csv", "")
     write_atomic(out / "config.json", json.dumps(vars(cfg), indent=1))
-    return step, (time.time(), step)
+    return time.time()
 
-def save_checkpoint(cfg, parts, step):
-    state = {"script": PROG, "options": vars(cfg), "step": step, "rng": torch.get_rng_state()}
+def save_checkpoint(cfg, parts, step):  # torch.load(path, weights_only=True) reads it back
+    state = {"script": PROG, "options": vars(cfg), "step": step}
     torch.save({**state, **{k: part.state_dict() for k, part in parts.items()}}, b := io.BytesIO())
     write_atomic(Path(cfg.out) / "checkpoint.pt", b.getvalue())
 
-def log_step(cfg, clock, step, **values):
+def log_step(cfg, start, step, **values):
     """Stop at NaN or inf (the last checkpoint stays); every --log-every steps a row and a line."""
     values = {k: v.item() if torch.is_tensor(v) else float(v) for k, v in values.items()}
     if not all(map(math.isfinite, values.values())):
         raise SystemExit(f"{PROG}: error: a loss is NaN or inf at step {step}; {cfg.out}/checkpoint"
-                         f".pt holds the last good state: --resume with a lower --lr than {cfg.lr}")
+                         f".pt holds the last good state; start again with an --lr below {cfg.lr}")
     if step % cfg.log_every == 0 or step == cfg.steps:
-        seconds, path = time.time() - clock[0], Path(cfg.out) / "log.csv"
-        with open(path, "a") as f:  # the header first, then a row per call
-            f.write(f"step,{','.join(values)},seconds\n" * (path.stat().st_size == 0)
+        seconds = time.time() - start
+        with open(Path(cfg.out) / "log.csv", "a") as f:  # the header first, then a row per call
+            f.write(f"step,{','.join(values)},seconds\n" * (f.tell() == 0)
                     + ",".join(f"{v:.6g}" for v in (step, *values.values(), seconds)) + "\n")
-        rate = (step - clock[1]) / seconds
-        left = round((cfg.steps - step) / rate)  # seconds
+        left = round((cfg.steps - step) * seconds / step)  # seconds, at the rate so far
         print(f"step {step}/{cfg.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items())
-              + f"  {rate:.1f} steps/s, {left // 60}:{left % 60:02} left", flush=True)
+              + f"  {step / seconds:.1f} steps/s, {left // 60}:{left % 60:02} left", flush=True)
 
 def write_atomic(path, data):
     tmp = Path(f"{path}.tmp")
     tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
     os.replace(tmp, path)
+
+def plot_log(out):  # losses.png: one panel per column of log.csv
+    cols = np.genfromtxt(Path(out) / "log.csv", delimiter=",", names=True, ndmin=1)
+    names = [n for n in cols.dtype.names if n not in ("step", "seconds")]
+    fig = figure(f"{out}/log.csv", 1, len(names))
+    for ax, name in zip(fig.axes, names):
+        ax.plot(cols["step"], cols[name]), ax.set(title=name, xlabel="step")
+    save_figure(fig, Path(out) / "losses.png")
+
+def figure(title, rows=1, cols=1):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4.5 * cols + 1, 4 * rows), layout="constrained")
+    fig.subplots(rows, cols), fig.suptitle(title)
+    return fig
+
+def save_figure(fig, path):
+    fig.savefig(buffer := io.BytesIO(), format="png", dpi=90)
+    write_atomic(path, buffer.getvalue())
+
+def image_grid(x, ncol):  # N x C x H x W in [-1, 1] -> one uint8 picture, ncol images a row
+    x = F.pad(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2), (1, 1, 1, 1), value=255)
+    (n, c, h, w), rows = x.shape, math.ceil(len(x) / ncol)
+    x = torch.cat([x, torch.full((rows * ncol - n, c, h, w), 255, dtype=torch.uint8)])
+    return x.view(rows, ncol, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, ncol * w, c).numpy()
 
 def main(argv=None):
     cfg = parse_options(argv)

@@ -124,24 +124,3 @@ def expect_user_error(capsys, main, prog, argv):
         message = stderr.strip().splitlines()[-1]
     assert message.startswith(f"{prog}: error: ") and "\n" not in message and "Traceback" not in stderr
     return message
-
-
-def straight_and_resumed(module, run, tmp_path, args, crash_at):
-    """The same run twice: straight through, and interrupted right after its step-`crash_at` checkpoint
-    (a KeyboardInterrupt, as Ctrl-C would) and then resumed with --resume. Returns both run folders.
-    The interrupted run has the full --steps, since the learning-rate schedules depend on it."""
-    import pytest
-    straight = run(tmp_path, *args, name="straight")
-    real_save = module.save_checkpoint
-
-    def save_then_crash(*args):  # v1: (path, cfg, parts, step, elapsed); v2: (cfg, parts, step)
-        real_save(*args)
-        if (args[2] if len(args) == 3 else args[3]) == crash_at:
-            raise KeyboardInterrupt
-    module.save_checkpoint = save_then_crash
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(tmp_path, *args, name="split")
-    finally:
-        module.save_checkpoint = real_save
-    return straight, run(tmp_path, *args, "--resume", name="split")

@@ -40,8 +40,7 @@ def test_every_loader_gives_identical_tensors_and_every_toy_set_the_same_points(
 
 
 COMMON = ["--data-dir", "somewhere", "--out", "elsewhere", "--steps", "7", "--batch-size", "3", "--lr", "0.01",
-          "--seed", "5", "--device", "cpu", "--log-every", "2", "--sample-every", "4", "--num-samples", "9",
-          "--resume"]
+          "--seed", "5", "--device", "cpu", "--log-every", "2", "--sample-every", "4", "--num-samples", "9"]
 
 
 @pytest.mark.parametrize("name", TRAINING)
@@ -49,7 +48,7 @@ def test_common_flags_mean_the_same_everywhere(name):
     mod = importlib.import_module(name)
     cfg = parse(mod, COMMON)
     assert (cfg.data_dir, cfg.out, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.device, cfg.log_every,
-            cfg.sample_every, cfg.num_samples, cfg.resume) == ("somewhere", "elsewhere", 7, 3, 0.01, 5, "cpu", 2, 4, 9, True)
+            cfg.sample_every, cfg.num_samples) == ("somewhere", "elsewhere", 7, 3, 0.01, 5, "cpu", 2, 4, 9)
     defaults = parse(mod, [])
     assert defaults.dataset in ("8gaussians", "25gaussians")  # every training script runs offline with no flags
     assert defaults.seed == 0 and defaults.device == "auto" and defaults.data_dir == "./data"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import cyclegan as cg
-from helpers import expect_user_error, http_server, snapshot, straight_and_resumed, write_mnist_like
+from helpers import expect_user_error, http_server, snapshot, write_mnist_like
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--width", 4, "--res-blocks", 1, "--batch-size", 4, "--log-every", 2, "--sample-every", 3,
@@ -245,17 +245,6 @@ def test_folder_with_mixed_sizes_and_paired_folder(tmp_path):
     assert "l1_to_target" in check_run(out, 2, (32, 32, 3))
 
 
-def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path):
-    data = mnist_fixture(tmp_path)
-    common = ["--dataset", "mnist:colour", "--data-dir", data, "--steps", 6, *TINY, "--pool-size", 3, "--num-samples", 5,
-              "--seed", 2]
-    straight, split = straight_and_resumed(cg, run, tmp_path, common, crash_at=3)
-    a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (straight, split))
-    for net in ["G", "F", "D_A", "D_B", "pool_A", "pool_B"]:
-        assert all(torch.equal(v, b[net][k]) for k, v in a[net].items()), net
-    np.testing.assert_array_equal(np.load(straight / "samples.npz")["x"], np.load(split / "samples.npz")["x"])
-
-
 # ---------------------------------------------------------------- download of a photo set
 def make_zip(name, with_layout=True):
     from PIL import Image
@@ -312,8 +301,7 @@ def test_bad_inputs(capsys, tmp_path):
     assert not Path(r).exists()
     out = run(tmp_path, "--steps", 2, "--width", 8, "--batch-size", 8, "--num-samples", 10)
     before = snapshot(out)
-    assert "--resume" in error_of(capsys, ["--out", str(out), "--steps", "2"]) and snapshot(out) == before
-    assert "--width 8, not 16" in error_of(capsys, ["--out", str(out), "--resume", "--steps", "4", "--width", "16"])
+    assert "--overwrite" in error_of(capsys, ["--out", str(out), "--steps", "2"]) and snapshot(out) == before
 
 
 def test_toy_mode_metrics_tell_the_truth_from_a_permutation():

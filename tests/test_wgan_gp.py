@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import wgan_gp as w
-from helpers import expect_user_error, FASHION_SYSTEM_DIR, snapshot, straight_and_resumed, write_cifar_binary, write_image_folder, write_mnist_like
+from helpers import expect_user_error, FASHION_SYSTEM_DIR, snapshot, write_cifar_binary, write_image_folder, write_mnist_like
 
 
 def run(tmp_path, *args, name="run"):
@@ -207,18 +207,6 @@ def test_linear_lr_decay_reaches_zero(tmp_path):
     assert [float(r.split(",")[col]) for r in rows[1:]] == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
 
 
-@pytest.mark.parametrize("lipschitz", ["gp", "sn"])
-def test_resume_gives_the_same_numbers(tmp_path, lipschitz):
-    common = ["--dataset", "8gaussians", "--lipschitz", lipschitz, "--batch-size", 8, "--width", 8, "--n-critic", 2,
-              "--sample-every", 3, "--log-every", 3, "--num-samples", 10, "--seed", 4]
-    # a 6-step run interrupted right after its step-3 checkpoint, then resumed
-    a, b = straight_and_resumed(w, run, tmp_path, [*common, "--steps", 6], crash_at=3)
-    sa, sb = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (a, b))
-    for net in ["G", "D"]:
-        assert all(torch.equal(sa[net][k], sb[net][k]) for k in sa[net]), net
-    np.testing.assert_array_equal(np.load(a / "samples.npz")["x"], np.load(b / "samples.npz")["x"])
-
-
 # ---------------------------------------------------------------- experiments
 @pytest.mark.slow
 def test_w_vs_js_small(tmp_path):
@@ -284,19 +272,6 @@ def test_a_wgan_mistake_ends_in_one_sentence(capsys, tmp_path, case, message):
             "batch-size-1-on-images": ["--dataset", "mnist", "--batch-size", "1"],
             "experiment-on-missing-device": ["--experiment", "gradnorm", "--device", "cuda"]}[case]
     assert message in error_of(capsys, [*argv, "--out", tmp_path / "r"])
-
-
-def test_a_checkpoint_of_another_method_or_schedule_is_refused(capsys, tmp_path):
-    common = ["--dataset", "8gaussians", "--batch-size", 8, "--width", 8, "--n-critic", 1]
-    out = run(tmp_path, *common, "--steps", 2)
-    before = snapshot(out)
-    err = error_of(capsys, ["--out", out, "--resume", "--steps", "2", *common, "--lipschitz", "sn"])
-    assert "--lipschitz gp, not sn" in err and snapshot(out) == before
-    # the learning rate decays to 0 over --steps: another --steps would jump the rate, so it is refused
-    err = error_of(capsys, ["--out", out, "--resume", "--steps", "4", *common])
-    assert "--lr-schedule linear to 0 in 2 steps, not linear to 0 in 4 steps" in err
-    run(tmp_path, *common, "--steps", 2, "--lr-decay", "none", name="constant")
-    run(tmp_path, *common, "--steps", 4, "--lr-decay", "none", "--resume", name="constant")  # allowed
 
 
 def test_normalising_the_reshaped_kernel_does_not_make_a_convolution_1_lipschitz():
