@@ -1,50 +1,77 @@
 """cyclegan.py - unpaired translation with cycle consistency (CycleGAN, Zhu et al., 2017) and its
 paired twin pix2pix (Isola et al., 2017), one file to read beside the lecture notes.
 
-With unpaired data, a pile of domain-A images and a pile of domain-B images and no pairs, one GAN
-G: A -> B can please its discriminator while ignoring its input: any realistic B image will do. So
-CycleGAN trains two generators, G: A -> B and F: B -> A, two discriminators D_B and D_A, and asks
-that a translation can be translated back (the cycle-consistency loss, a per-pixel MEAN here as in
-the authors' code, so lambda = 10 weighs mean absolute differences):
+From unpaired piles of A and B images, one GAN G: A -> B can please its discriminator D_B while
+ignoring its input. CycleGAN adds F: B -> A and D_A, and asks that a translation can be translated
+back (the cycle-consistency loss, per-pixel means as in the authors' code):
     L = L_GAN(G, D_B) + L_GAN(F, D_A) + lambda (E_a |F(G(a)) - a| + E_b |G(F(b)) - b|)
-Notes -> code: the notes' X and Y are domains A and B; G_{X->Y} is G, G_{Y->X} is F, D_X is D_A, D_Y
-is D_B. Note 003's four generators are two, shared: G.1 = G.4 = G, G.2 = G.3 = F (D.1 = D_B, D.2 =
-D_A). The colour pair below is the notes' colourisation (上色, note 004), learnt without pairs.
+Notes -> code: the notes' X, Y, G_{X->Y}, G_{Y->X}, D_X, D_Y are A, B, G, F (`Fn` in code), D_A,
+D_B; note 003's G.1 = G.4 = G, G.2 = G.3 = F, D.1 = D_B, D.2 = D_A.
 
 Examples:
-  python cyclegan.py                                   # toy 2-D pair: arrows a -> G(a), ~1 min
-  python cyclegan.py --dataset fashion-mnist:colour    # colourisation, T known: measured (12 min)
+  python cyclegan.py                                   # the toy pair: arrows a -> G(a), ~1 min
+  python cyclegan.py --dataset fashion-mnist:colour    # the palette pair, T known: measured
   python cyclegan.py --dataset fashion-mnist:colour --lambda-cycle 0   # the notes' warning
-  python cyclegan.py --dataset fashion-mnist:colour --paired           # pix2pix on the same task
-  python cyclegan.py --dataset horse2zebra             # downloaded to ./data/horse2zebra/
-  python cyclegan.py --dataset path/to/folder          # with trainA/ trainB/ (testA/ testB/)
+  python cyclegan.py --dataset fashion-mnist:colour --paired           # pix2pix on the same pair
+  python cyclegan.py --dataset path/to/folder          # trainA/ trainB/ (testA/ testB/ optional)
 
-Built-in pairs are measurable: A is one half of (Fashion-)MNIST's training images, B the OTHER
-half through a known transform T, so no pair is ever seen; for a test image a, |G(a) - T(a)| and
-whether a classifier of B images gives G(a) the class of T(a) (label preservation) are reported.
-On the toy pair (B = T(A), an affine stretch) T is cycle-consistent, but so is T after any symmetry
-of A's modes (a rotation by 45 degrees, a reflection): unpaired data cannot tell them apart, and
-the run prints how often G(a) lands on the mode T(a) is on.
+Toy pair: 8gaussians, B = T(A) for an affine T. Any permutation of the 8 separated, equally
+weighted modes (each moved as a block), then T, is cycle-consistent and gives exactly B: 8! maps no
+unpaired loss tells from T. The run measures the share of G(a) on a mode of B, and on T(a)'s (which
+no loss rewards). Colour pair: A, B = halves of (Fashion-)MNIST's training images, B through T, a
+per-pixel palette (grey -> orange on navy; a 1x1 conv solves it), not note 004's colourisation.
 
-Deviations: images are 28 px (built-in pairs: 16 base channels, batch 16, not 64 and 1) or 64 px
-(photos), not 256; at 28 px the "70 x 70 PatchGAN" has a 1 x 1 output, a whole-image D; steps,
-not epochs (2,000 by default); the identity loss is off on 2-D sets (the true map moves every
-point). pix2pix: the ResNet G instead of its U-Net, and no dropout (pix2pix's noise z; its outputs
-are near deterministic anyway); its D's objective is halved and the weights start from N(0, 0.02),
-as in the paper. F is `Fn` in code (F is torch.nn.functional).
+Deviations: 28 px (a folder: 64), 16 base channels, batch 16 (the paper: 256 px, 64, 1), so at 28
+px the 70 x 70 PatchGAN sees the whole image; steps, not epochs; 6 residual blocks at any size (the
+paper: 9 at 256 px); no identity loss on the toy pair (T moves every point); G and F take no noise
+z (note 000's generators do). pix2pix here: the ResNet G with InstanceNorm, not the U-Net with
+BatchNorm and dropout as its noise; as in its paper, D's loss is halved, weights start N(0, 0.02).
 """
-import argparse, gzip, hashlib, io, json, math, os, shutil, sys, tarfile, time, urllib.request
-import zipfile, zlib
+import argparse, gzip, hashlib, io, json, math, os, sys, tarfile, time, urllib.request, zlib
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-# ------------------------------------------------------------------------- 1. the concept
+# ------------------------------------------------------------------------- 1. T and the data pairs
+# Both built-in pairs have a known T: G is checked against the truth T(a), never trained on it.
+TOY_SCALE, TOY_SHIFT = torch.tensor([1.5, 0.6]), torch.tensor([0.5, 0.0])
+FG = torch.tensor([1.0, 0.55, 0.0]).view(1, 3, 1, 1)  # orange, RGB in [0, 1]
+BG = torch.tensor([0.05, 0.15, 0.55]).view(1, 3, 1, 1)  # navy
+
+def toy_T(x):  # stretch x by 1.5, squash y to 0.6, shift right by 0.5
+    return x * TOY_SCALE + TOY_SHIFT
+
+def colour_T(x):
+    # the palette: a grey level m = (x + 1) / 2 becomes the colour m FG + (1 - m) BG (in [-1, 1])
+    return ((x + 1) / 2 * (FG - BG) + BG) * 2 - 1
+
+def colour_T_inverse(y):
+    # to grey: the least-squares m = <c - BG, FG - BG> / |FG - BG|^2 for c = (y + 1) / 2, in [0, 1]
+    m = (((y + 1) / 2 - BG) * (FG - BG)).sum(1, keepdim=True) / ((FG - BG) ** 2).sum()
+    return m.clamp(0, 1) * 2 - 1
+
+def load_pair(cfg, split):
+    """A and B in [-1, 1], A's labels, and whether they are held out. Colour pair: A = a random half
+    of the training images, B = T(the other half) (--paired: of the same half); test: A = the test
+    images (shuffled), B = T(A). A folder: trainA/ trainB/, or for the test split its testA/ testB/
+    if it has both."""
+    if cfg.dataset.endswith(":colour"):
+        x, y, _ = load_data(cfg.dataset.split(":")[0], cfg.data_dir, cfg.image_size, split)
+        n, i = len(x) // 2, torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
+        i_A, i_B = (i, i) if split == "test" else (i[:n], i[:n] if cfg.paired else i[n:2 * n])
+        x = x.float() / 127.5 - 1
+        return x[i_A].repeat(1, 3, 1, 1), colour_T(x[i_B]), y[i_A], split == "test"
+    root = Path(cfg.dataset)
+    test = split == "test" and (root / "testA").is_dir() and (root / "testB").is_dir()
+    A, B = (load_data(str(root / s), cfg.data_dir, cfg.image_size)[0].float() / 127.5 - 1
+            for s in (("testA", "testB") if test else ("trainA", "trainB")))
+    return A, B, None, test
+
+# ------------------------------------------------------------------------- 2. the losses
 def lsgan_d_loss(D_real, D_fake):
-    # the least-squares GAN (the paper's choice, steadier than the log loss):
-    # L_D = 1/2 E[(D(b) - 1)^2] + 1/2 E[D(G(a))^2]
+    # least squares (the paper's choice): L_D = 1/2 E[(D(b) - 1)^2] + 1/2 E[D(G(a))^2]
     return 0.5 * ((D_real - 1) ** 2).mean() + 0.5 * (D_fake ** 2).mean()
 
 def lsgan_g_loss(D_fake):
@@ -69,40 +96,24 @@ def bce_g_loss(D_fake):
     return F.softplus(-D_fake).mean()
 
 def lr_at(step, total, base):
-    """The paper's schedule: constant for the first half of training, then linearly down to 0."""
-    half = total / 2
-    return base if step <= half else base * max(0.0, 1 - (step - half) / (total - half))
+    # the paper's schedule: constant for the first half of training, then linearly down to 0
+    return base * min(1.0, 2 * (total - step) / total)
 
-class ImagePool:
-    """The discriminators see a history of generated images (Shrivastava et al.): until the pool
-    holds `size` images each new one is returned and stored; then each new image is returned with
-    probability 1/2, else a random stored one is returned (on the batch's device) and replaced."""
-    def __init__(self, size):
-        self.size, self.images = size, []
+def pool_query(pool, batch, size):
+    """The discriminators see a history of generated images (Shrivastava et al., 2017): until the
+    list `pool` holds `size` images each new one is kept and returned; after that each new image
+    is returned with probability 1/2, else a random kept one is returned and the new one kept."""
+    out = []
+    for img in batch.detach():  # detached: the discriminators' loss must not reach G and F
+        if len(pool) < size:
+            pool.append(img)
+        elif torch.rand(()) < 0.5:
+            i = int(torch.randint(size, ()))
+            pool[i], img = img, pool[i]
+        out.append(img)
+    return torch.stack(out)
 
-    def query(self, batch):
-        if self.size == 0:
-            return batch.detach()  # the discriminators' loss must not reach the generators
-        out = []
-        for img in batch.detach():
-            if len(self.images) < self.size:
-                self.images.append(img.clone())
-                out.append(img)
-            elif torch.rand(()) < 0.5:
-                i = int(torch.randint(len(self.images), ()))
-                out.append(self.images[i].to(img.device))  # a resumed pool holds CPU tensors
-                self.images[i] = img.clone()
-            else:
-                out.append(img)
-        return torch.stack(out)
-
-    def state_dict(self):
-        return {"images": torch.stack(self.images).cpu() if self.images else torch.zeros(0)}
-
-    def load_state_dict(self, state):
-        self.images = list(state["images"]) if state["images"].numel() else []
-
-# ------------------------------------------------------------------------- 2. models
+# ------------------------------------------------------------------------- 3. the models
 def resnet_generator(c_in, c_out, width, n_blocks):
     """c7s1-w, d2w, d4w, n x R4w, u2w, uw, c7s1-c in the paper's notation; the 7x7 convolutions are
     padded by 3 pixels of reflection. Instance norm: each image normalised on its own."""
@@ -135,22 +146,15 @@ def patchgan(c_in, width):
         c = width * mult
     return nn.Sequential(*layers, nn.Conv2d(c, 1, 4, 1, 1))
 
-def receptive_field(net):
-    """One output's field of view: r <- r * stride + (kernel - stride), from the last conv back."""
-    r = 1
-    for m in reversed([m for m in net.modules() if isinstance(m, nn.Conv2d)]):
-        r = r * m.stride[0] + (m.kernel_size[0] - m.stride[0])
-    return r
-
 def mlp(n_in, width, n_out):
     return nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
                          nn.Linear(width, width), nn.ReLU(), nn.Linear(width, n_out))
 
 def build_models(cfg, channels):
-    """CycleGAN: G (A -> B), F (B -> A), D_A, D_B. pix2pix: G and one D on (input, output) pairs."""
+    """CycleGAN: G (A -> B), F (B -> A), D_A, D_B; pix2pix: G and a D on (input, output) pairs."""
     toy = cfg.dataset in TOY_SETS
     gen = (lambda: mlp(2, cfg.width, 2)) if toy else \
-        (lambda: resnet_generator(channels, channels, cfg.width, cfg.res_blocks))
+        (lambda: resnet_generator(channels, channels, cfg.width, 6))  # the paper's 6 blocks
     disc = (lambda c: mlp(c, cfg.width, 1)) if toy else (lambda c: patchgan(c, cfg.width))
     nets = {"G": gen(), "D": disc(2 * channels)} if cfg.paired else \
         {"G": gen(), "F": gen(), "D_A": disc(channels), "D_B": disc(channels)}
@@ -159,159 +163,112 @@ def build_models(cfg, channels):
             nn.init.normal_(m.weight, 0.0, 0.02), nn.init.zeros_(m.bias)
     return nets
 
-# ------------------------------------------------------------------------- 3. training
+# ------------------------------------------------------------------------- 4. training
 def train(cfg):
-    device, toy = pick_device(cfg.device), cfg.dataset in TOY_SETS
-    A = B = None
-    if not toy:
-        A, B, _, _ = load_pair(cfg, "train")
-        print(f"{cfg.dataset}: {len(A)} images in A, {len(B)} in B, {A.shape[1]} x {cfg.image_size}"
-              f" x {cfg.image_size}")
-        if cfg.paired and len(A) != len(B):
-            raise SystemExit(f"{PROG}: error: --paired needs as many A as B images, not "
-                             f"{len(A)} and {len(B)}")
+    device, toy, m = pick_device(cfg.device), cfg.dataset in TOY_SETS, cfg.batch_size
+    A, B, _, _ = (None,) * 4 if toy else load_pair(cfg, "train")
     nets = {k: v.to(device) for k, v in build_models(cfg, 2 if toy else A.shape[1]).items()}
-    gens, discs = [nets[k] for k in ("G", "F") if k in nets], [nets[k] for k in nets if k[0] == "D"]
+    gens, discs = [nets[k] for k in nets if k[0] != "D"], [nets[k] for k in nets if k[0] == "D"]
     opt_G = torch.optim.Adam([p for g in gens for p in g.parameters()], cfg.lr, betas=(0.5, 0.999))
     opt_D = torch.optim.Adam([p for d in discs for p in d.parameters()], cfg.lr, betas=(0.5, 0.999))
-    pools = {} if cfg.paired else {"pool_A": ImagePool(cfg.pool), "pool_B": ImagePool(cfg.pool)}
-    print(f"{'pix2pix' if cfg.paired else 'CycleGAN'}: " + ", ".join(
-        f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in nets.items()) + " parameters")
-    parts = {**nets, "opt_G": opt_G, "opt_D": opt_D, **pools}  # what a checkpoint holds
-    start = start_run(cfg)
-    shown = fixed_test_inputs(cfg)
+    pool_A, pool_B, lambda_id = [], [], cfg.lambda_identity * cfg.lambda_cycle  # paper: 0.5 lambda
+    start, shown = start_run(cfg), fixed_test_inputs(cfg)
     for step in range(1, cfg.steps + 1):
         for group in opt_G.param_groups + opt_D.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr)
-        if toy:  # unpaired: A and B from independent draws
-            a, b = sample_toy(cfg.dataset, cfg.batch_size), toy_transform(
-                sample_toy(cfg.dataset, cfg.batch_size))
+        # 1. Draw m images a of A and, independently, m images b of B (pix2pix: b_i = T(a_i)).
+        if toy:
+            a, b = sample_toy(cfg.dataset, m), toy_T(sample_toy(cfg.dataset, m))
         else:
-            i = torch.randint(len(A), (cfg.batch_size,))
-            j = i if cfg.paired else torch.randint(len(B), (cfg.batch_size,))  # paired: b_i, a_i
-            a, b = A[i], B[j]
+            i = torch.randint(len(A), (m,))
+            a, b = A[i], B[i if cfg.paired else torch.randint(len(B), (m,))]
         a, b = a.to(device), b.to(device)
-        if cfg.paired:
-            G, D = nets["G"], nets["D"]
-            # pix2pix 1. G: fool D on the pair (a, G(a)) and stay near the target:
-            #    L_G = -log D(a, G(a)) + lambda_L1 E |b - G(a)|
-            fake_b = G(a)
-            loss_adv, loss_l1 = bce_g_loss(D(torch.cat([a, fake_b], 1))), (fake_b - b).abs().mean()
-            loss_G = loss_adv + cfg.lambda_l1 * loss_l1
-            opt_G.zero_grad(set_to_none=True), loss_G.backward(), opt_G.step()
-            # pix2pix 2. D: (a, b) is real, (a, G(a)) fake: D sees the input as its condition
-            loss_D = bce_d_loss(D(torch.cat([a, b], 1)), D(torch.cat([a, fake_b.detach()], 1)))
-            opt_D.zero_grad(set_to_none=True), loss_D.backward(), opt_D.step()
-            values = {"loss_G_adv": loss_adv, "loss_l1": loss_l1, "loss_D": loss_D}
+        if cfg.paired:  # a different game on the same data: see pix2pix_step
+            values = pix2pix_step(nets["G"], nets["D"], opt_G, opt_D, a, b, cfg.lambda_l1)
         else:
             G, Fn, D_A, D_B = nets["G"], nets["F"], nets["D_A"], nets["D_B"]
-            # 1. The generators, with the discriminators fixed:
-            #    L = L_GAN(G, D_B) + L_GAN(F, D_A) + lambda L_cyc + lambda_id L_id
+            # 2. Update G and F, with D_A and D_B fixed, descending
+            #    L = L_GAN(G, D_B) + L_GAN(F, D_A) + lambda L_cyc + lambda_id L_id.
             fake_b, fake_a = G(a), Fn(b)
             loss_gan = lsgan_g_loss(D_B(fake_b)) + lsgan_g_loss(D_A(fake_a))
             loss_cyc = cycle_loss(a, Fn(fake_b)) + cycle_loss(b, G(fake_a))  # a->G->F, b->F->G
-            loss_id = identity_loss(b, G(b)) + identity_loss(a, Fn(a)) if cfg.lambda_identity > 0 \
-                else torch.zeros((), device=device)
-            loss_G = loss_gan + cfg.lambda_cycle * loss_cyc + cfg.lambda_identity * loss_id
-            opt_G.zero_grad(set_to_none=True), loss_G.backward(), opt_G.step()
-            # 2. The discriminators: real images, and generated ones drawn through the pools
-            loss_D_B = lsgan_d_loss(D_B(b), D_B(pools["pool_B"].query(fake_b)))
-            loss_D_A = lsgan_d_loss(D_A(a), D_A(pools["pool_A"].query(fake_a)))
-            opt_D.zero_grad(set_to_none=True), (loss_D_A + loss_D_B).backward(), opt_D.step()
+            loss_id = identity_loss(b, G(b)) + identity_loss(a, Fn(a))
+            loss_G = loss_gan + cfg.lambda_cycle * loss_cyc + lambda_id * loss_id
+            opt_G.zero_grad()
+            loss_G.backward()
+            opt_G.step()
+            # 3. Update D_A and D_B, G and F fixed: real vs generated images, from 50-image pools.
+            loss_D_B = lsgan_d_loss(D_B(b), D_B(pool_query(pool_B, fake_b, 50)))
+            loss_D_A = lsgan_d_loss(D_A(a), D_A(pool_query(pool_A, fake_a, 50)))
+            opt_D.zero_grad()
+            (loss_D_A + loss_D_B).backward()
+            opt_D.step()
             values = {"loss_G_gan": loss_gan, "loss_cycle": loss_cyc, "loss_identity": loss_id,
                       "loss_D_A": loss_D_A, "loss_D_B": loss_D_B}
         log_step(cfg, start, step, **values, lr=lr_at(step, cfg.steps, cfg.lr))
         if step % cfg.sample_every == 0 or step == cfg.steps:
             plot_translations(cfg, step, nets, shown, device)
-            save_checkpoint(cfg, parts, step)
+            save_checkpoint(cfg, {**nets, "opt_G": opt_G, "opt_D": opt_D}, step)  # not the pools
     return nets
 
-# ------------------------------------------------------------------------- 4. evaluation, figures
+def pix2pix_step(G, D, opt_G, opt_D, a, b, lambda_l1):
+    """pix2pix: D judges pairs (input, output), so a is its condition; G fools it, close to b."""
+    # 1. Update G, with D fixed: L_G = -log D(a, G(a)) + lambda_L1 E |b - G(a)|
+    fake_b = G(a)
+    loss_adv, loss_l1 = bce_g_loss(D(torch.cat([a, fake_b], 1))), (fake_b - b).abs().mean()
+    opt_G.zero_grad()
+    (loss_adv + lambda_l1 * loss_l1).backward()
+    opt_G.step()
+    # 2. Update D, with G fixed: (a, b) is real, (a, G(a)) is fake
+    loss_D = bce_d_loss(D(torch.cat([a, b], 1)), D(torch.cat([a, fake_b.detach()], 1)))
+    opt_D.zero_grad()
+    loss_D.backward()
+    opt_D.step()
+    return {"loss_G_adv": loss_adv, "loss_l1": loss_l1, "loss_D": loss_D}
+
+# ------------------------------------------------------------------------- 5. evaluation, figures
 def fixed_test_inputs(cfg):
-    """Fixed test inputs for the figures: 8 from A, 8 from B, and T(a) where it is known."""
+    """The figures' fixed inputs: 300 points of A and of B on the toy pair, else the first 8 test
+    images of A and the last 8 of B; and the truth T(a) where it is known."""
     if cfg.dataset in TOY_SETS:
         a = sample_toy(cfg.dataset, 300, torch.Generator().manual_seed(cfg.seed + 2))
         b = sample_toy(cfg.dataset, 300, torch.Generator().manual_seed(cfg.seed + 3))
-        return {"a": a, "b": toy_transform(b), "truth": toy_transform(a)}
+        return {"a": a, "b": toy_T(b), "truth": toy_T(a)}
     A, B, _, _ = load_pair(cfg, "test")
-    idx = torch.randperm(len(A), generator=torch.Generator().manual_seed(cfg.seed + 2))[:8]
-    jdx = torch.randperm(len(B), generator=torch.Generator().manual_seed(cfg.seed + 3))[:8]
-    known = data_kind(cfg.dataset) == "builtin" or cfg.paired
-    return {"a": A[idx], "b": B[jdx], "truth": B[idx] if known and len(A) == len(B) else None}
+    truth = B[:8] if cfg.dataset.endswith(":colour") else None  # B[i] = T(A[i]) on the test split
+    return {"a": A[:8], "b": B[-8:], "truth": truth}
 
 @torch.no_grad()
-def translate(net, x, device, batch=100):  # in eval mode and in batches, back on the CPU
-    was = net.training
-    y = torch.cat([net.eval()(xb.to(device)).float().cpu() for xb in x.split(batch)])
-    net.train(was)
-    return y
+def translate(net, x, device, batch=100):  # batched, to the CPU; eval() would change no layer here
+    return torch.cat([net(xb.to(device)).cpu() for xb in x.split(batch)])
 
-class DomainClassifier(nn.Module):
-    """A small CNN trained on labelled B images T(x) (built-in pairs): it measures label
-    preservation, whether G(a) is recognised as the class of a."""
-    def __init__(self, channels, n_classes=10):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                 nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                 nn.Flatten(), nn.LazyLinear(128), nn.ReLU(),
-                                 nn.Linear(128, n_classes))
-
-    def forward(self, x):
-        return self.net(x)
-
-def train_domain_classifier(B, y_B, steps, device, seed):
-    torch.manual_seed(seed)
-    clf = DomainClassifier(B.shape[1]).to(device)
-    clf(B[:2].to(device))  # materialise the lazy layer
-    opt, gen = torch.optim.Adam(clf.parameters(), lr=1e-3), torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        i = torch.randint(len(B), (128,), generator=gen)
-        loss = F.cross_entropy(clf(B[i].to(device)), y_B[i].to(device))
-        opt.zero_grad(set_to_none=True), loss.backward(), opt.step()
-    return clf.eval()
-
-@torch.no_grad()
 def evaluate(cfg, nets, device):
-    """|G(a) - T(a)| on held-out inputs (in [-1, 1] units: 2 is the whole range); on images of a
-    built-in pair also label preservation; on the mixtures, how often G(a) lands on a mode of B
-    and on the mode T(a) is on."""
-    kind, G = data_kind(cfg.dataset), nets["G"]
-    if kind == "toy":
+    """G on held-out inputs: |G(a) - T(a)| where T is known (2 is the range); on the toy pair the
+    share of G(a) on a mode of B, and on the mode T(a) is on. samples.npz gets G(a), or on the
+    colour pair T^-1(G(a)), grey, with a's labels y, for fid.py's grey classifier to judge."""
+    if cfg.dataset in TOY_SETS:
         a = sample_toy(cfg.dataset, cfg.num_samples, torch.Generator().manual_seed(cfg.seed + 5))
-        fake = translate(G, a, device, 2500)
-        result = {"inputs": "held-out",
-                  "l1_to_truth": (fake - toy_transform(a)).abs().mean().item()}
-        if cfg.dataset != "swissroll":  # measured through T^-1, in A's coordinates
-            centres, std = toy_centres(cfg.dataset)
-            d_back = torch.cdist((fake - TOY_SHIFT) / TOY_SCALE, centres)  # T^-1(G(a)) to A's modes
-            d_a = torch.cdist(a, centres)
-            on_mode = d_back.min(1).values < 3 * std
-            result.update(on_B_modes=on_mode.float().mean().item(), on_true_mode=(
-                on_mode & (d_back.argmin(1) == d_a.argmin(1))).float().mean().item())
-        return result, fake
-    A, B, y_A, _ = load_pair(cfg, "test")
+        fake, (centres, std) = translate(nets["G"], a, device, 2500), toy_centres(cfg.dataset)
+        d_back = torch.cdist((fake - TOY_SHIFT) / TOY_SCALE, centres)  # T^-1(G(a)) to A's modes
+        on_mode = d_back.min(1).values < 3 * std
+        on_true_mode = on_mode & (d_back.argmin(1) == torch.cdist(a, centres).argmin(1))
+        return {"inputs": "held-out", "l1_to_truth": (fake - toy_T(a)).abs().mean().item(),
+                "on_B_modes": on_mode.float().mean().item(),
+                "on_true_mode": on_true_mode.float().mean().item()}, {"x": fake.numpy()}
+    A, B, y, held_out = load_pair(cfg, "test")
     n = min(cfg.num_samples, len(A))
-    fake = translate(G, A[:n], device)
-    result = {"inputs": "held-out test images" if kind == "builtin" or
-              all(Path(cfg.dataset, s).is_dir() for s in ("testA", "testB"))
-              else "TRAINING images (the folder has no testA/ testB/)"}
-    if kind != "builtin":
-        return {**result, **({"l1_to_target": (fake - B[:n]).abs().mean().item()}
-                             if cfg.paired else {})}, fake
-    result.update(l1_to_truth=(fake - B[:n]).abs().mean().item(),
-                  l1_identity_baseline=(A[:n] - B[:n]).abs().mean().item())
-    with torch.enable_grad():
-        _, B_train, _, y_B = load_pair(cfg, "train")
-        clf = train_domain_classifier(B_train, y_B, cfg.eval_classifier_steps, device, cfg.seed + 6)
-    pred = lambda x: torch.cat([clf(xb.to(device)).argmax(1).cpu() for xb in x.split(500)])
-    p_fake, p_truth = pred(fake), pred(B[:n])
-    result.update(label_preservation=(p_fake == p_truth).float().mean().item(), evaluated=n,
-                  classifier_accuracy_on_truth=(p_truth == y_A[:n]).float().mean().item())
-    return result, fake
+    fake = translate(nets["G"], A[:n], device)
+    result = {"inputs": "held-out test images" if held_out else
+              "TRAINING images (the folder has no testA/ testB/)"}
+    if cfg.dataset.endswith(":colour"):
+        result.update(l1_to_truth=(fake - B[:n]).abs().mean().item(),
+                      l1_identity_baseline=(A[:n] - B[:n]).abs().mean().item())
+        return result, {"x": to_uint8(colour_T_inverse(fake)), "y": y[:n].numpy()}
+    return result, {"x": to_uint8(fake)}
 
 def plot_translations(cfg, step, nets, shown, device):
-    """2-D: a (blue), b (orange), T(a) (rings) and an arrow a -> G(a). Images: rows a, G(a),
-    F(G(a)), T(a), b, F(b), G(F(b)) for 8 fixed test inputs."""
+    """Toy: a (blue), b (orange), T(a) (rings) and an arrow a -> G(a). Images: rows a, G(a), T(a)
+    (colour pair), F(G(a)), b, F(b), G(F(b)) for 8 fixed test inputs."""
     a, b, truth = shown["a"], shown["b"], shown["truth"]
     fake_b, fig = translate(nets["G"], a, device), figure(f"{cfg.dataset}, step {step}")
     ax = fig.axes[0]
@@ -324,154 +281,47 @@ def plot_translations(cfg, step, nets, shown, device):
                   scale_units="xy", scale=1, color="tab:green", width=0.003, label="a -> G(a)")
         ax.set(aspect="equal"), ax.legend(loc="lower left", fontsize=7)
     else:
-        rows = {"a": a, "G(a)": fake_b}
-        if "F" in nets:
-            rows["F(G(a))"] = translate(nets["F"], fake_b, device)
-        if truth is not None:
-            rows["target" if cfg.paired else "T(a), truth"] = truth
-        if "F" in nets:
+        rows = {"a": a, "G(a)": fake_b, "T(a), truth": truth}
+        if "F" in nets:  # CycleGAN: the cycles a -> G -> F and b -> F -> G
             fake_a = translate(nets["F"], b, device)
-            rows.update({"b": b, "F(b)": fake_a, "G(F(b))": translate(nets["G"], fake_a, device)})
+            rows.update({"F(G(a))": translate(nets["F"], fake_b, device), "b": b, "F(b)": fake_a,
+                         "G(F(b))": translate(nets["G"], fake_a, device)})
+        rows = {k: v for k, v in rows.items() if v is not None}  # a folder has no truth
         grid = image_grid(torch.cat(list(rows.values())), len(a))
         ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray")
-        h = a.shape[2] + 2
-        ax.set_yticks([h * (i + 0.5) for i in range(len(rows))], list(rows), fontsize=8)
+        ax.set_yticks([(a.shape[2] + 2) * (i + 0.5) for i in range(len(rows))], list(rows))
         ax.set_xticks([])
     save_figure(fig, Path(cfg.out) / f"samples_{step}.png")
 
-# ------------------------------------------------------------------------- 5. the data pairs
-TOY_SCALE, TOY_SHIFT = torch.tensor([1.5, 0.6]), torch.tensor([0.5, 0.0])
-COLOUR_FG, COLOUR_BG = torch.tensor([1.0, 0.55, 0.0]), torch.tensor([0.05, 0.15, 0.55])  # in [0, 1]
-TRANSFORMS = ("colour", "invert")  # the built-in pairs: <mnist|fashion-mnist>:<transform>
-PHOTO_SETS = ("apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo",
-              "cezanne2photo", "ukiyoe2photo", "vangogh2photo", "maps", "cityscapes", "facades",
-              "iphone2dslr_flower")
-PHOTO_URL = "https://efrosgans.eecs.berkeley.edu/cyclegan/datasets/"
-
-def toy_transform(x):  # the toy pair's T: stretch x by 1.5, squash y to 0.6, shift right by 0.5
-    return x * TOY_SCALE + TOY_SHIFT
-
-def pair_transform(x, transform):
-    """T of the built-in pairs, on grey images in [-1, 1]. colour: the brightness m = (x + 1) / 2
-    mixes two colours, T(x) = m orange + (1 - m) navy; invert: T(x) = -x."""
-    if transform == "invert":
-        return -x
-    m = (x + 1) / 2
-    return (m * COLOUR_FG.view(1, 3, 1, 1) + (1 - m) * COLOUR_BG.view(1, 3, 1, 1)) * 2 - 1
-
-def builtin_pair(name, data_dir, image_size, split, paired=False):
-    """train: A = one random half of the training images, B = T(the other half), so no pair is
-    seen (paired: B = T(the same half)); test: A = the test images, B = T(A). Returns A, B and
-    their labels."""
-    base, _, transform = name.partition(":")
-    x, y, _ = load_data(base, data_dir, image_size, split)
-    x = x.float() / 127.5 - 1
-    lift = (lambda x: x.repeat(1, 3, 1, 1)) if transform == "colour" else (lambda x: x)
-    if split == "test":
-        return lift(x), pair_transform(x, transform), y, y
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
-    ia, ib = perm[: len(x) // 2], perm[len(x) // 2: 2 * (len(x) // 2)]
-    ib = ia if paired else ib
-    return lift(x[ia]), pair_transform(x[ib], transform), y[ia], y[ib]
-
-def fetch_photo_set(name, data_dir):
-    """A CycleGAN photo set from the authors' server (no checksums are published), unpacked to
-    <data-dir>/<name>/; zipfile checks every member's CRC and keeps names inside the folder."""
-    root, url, tmp = Path(data_dir, name), PHOTO_URL + name + ".zip", Path(data_dir, f".{name}.tmp")
-    if (root / "trainA").is_dir():
-        return root
-    try:
-        print(f"downloading {url}", file=sys.stderr, flush=True)
-        data = urllib.request.urlopen(url, timeout=60).read()
-    except OSError as e:
-        raise SystemExit(f"{PROG}: error: cannot download {url} ({getattr(e, 'reason', e)}); "
-                         f"with no network, unpack {name}.zip in {root.parent}/") from None
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            z.extractall(tmp)
-        inner = tmp / name if (tmp / name).is_dir() else tmp
-        if not ((inner / "trainA").is_dir() and (inner / "trainB").is_dir()):
-            raise zipfile.BadZipFile("no trainA/ and trainB/ inside")
-        os.replace(inner, root)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise SystemExit(f"{PROG}: error: {url} is not a usable CycleGAN archive ({e}); nothing "
-                         "was kept") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-def load_pair(cfg, split):
-    """Domains A and B in [-1, 1] for a split, and their labels where known (built-in pairs). A
-    folder without testA/ testB/ gives its training images for the test split."""
-    if data_kind(cfg.dataset) == "builtin":
-        return builtin_pair(cfg.dataset, cfg.data_dir, cfg.image_size, split, cfg.paired)
-    root = Path(fetch_photo_set(cfg.dataset, cfg.data_dir) if cfg.dataset in PHOTO_SETS
-                else cfg.dataset)
-    sub = ("testA", "testB") if split == "test" and (root / "testA").is_dir() and \
-        (root / "testB").is_dir() else ("trainA", "trainB")
-    A, B = (load_data(str(root / s), cfg.data_dir, cfg.image_size)[0].float() / 127.5 - 1
-            for s in sub)
-    return A, B, None, None
-
-def data_kind(name):
-    base, _, transform = name.partition(":")
-    return "toy" if name in TOY_SETS else "builtin" if base in ("mnist", "fashion-mnist") and \
-        transform in TRANSFORMS else "photo" if name in PHOTO_SETS else \
-        "folder" if Path(name).is_dir() else None
-
 def check_options(cfg):
-    """The defaults that depend on the data kind, and the mistakes parse_options cannot see."""
-    kind = data_kind(cfg.dataset)
-    if kind is None:
-        raise SystemExit(f"{PROG}: error: unknown dataset '{cfg.dataset}': choose one of "
-                         f"{', '.join(TOY_SETS)}, (fashion-)mnist:colour or :invert, a CycleGAN "
-                         f"set ({', '.join(PHOTO_SETS[:4])}, ...) or a folder with trainA/ trainB/")
-    if cfg.out == f"runs/cyclegan-{Path(cfg.dataset).name}":
-        cfg.out = cfg.out.replace(":", "-") + "-paired" * cfg.paired
-    cfg.batch_size = cfg.batch_size or (16 if kind == "builtin" else 1)
-    cfg.width = cfg.width or (16 if kind == "builtin" else 64)
-    cfg.res_blocks = cfg.res_blocks or (6 if cfg.image_size < 256 else 9)
-    if cfg.lambda_identity < 0:
-        cfg.lambda_identity = 0.5 * cfg.lambda_cycle
-    cfg.pool = int(cfg.pool_size) if cfg.pool_size.isdigit() else -1
+    """The mistakes parse_options cannot see, and the run's folder name."""
+    colour = cfg.dataset in ("mnist:colour", "fashion-mnist:colour")
+    folder = all(Path(cfg.dataset, s).is_dir() for s in ("trainA", "trainB"))
     mistakes = [
-        kind != "toy" and not (28 <= cfg.image_size <= 256 and cfg.image_size % 4 == 0) and
-        f"--image-size {cfg.image_size}: use 28 to 256, a multiple of 4 (two stride-2 steps)",
-        cfg.pool < 0 and f"--pool-size must be a whole number >= 0, not {cfg.pool_size!r}",
+        not (colour or cfg.dataset == "8gaussians" or folder) and f"unknown dataset "
+        f"'{cfg.dataset}': use 8gaussians, (fashion-)mnist:colour or a folder with trainA/ trainB/",
+        cfg.dataset not in TOY_SETS and (cfg.image_size < 28 or cfg.image_size % 4) and
+        f"--image-size {cfg.image_size}: use a multiple of 4 from 28 on (G halves it twice)",
         (min(cfg.lambda_cycle, cfg.lambda_identity, cfg.lambda_l1) < 0 or cfg.lr <= 0) and
         "the --lambda-* weights must not be negative and --lr must be positive",
-        cfg.paired and kind in ("toy", "photo") and "--paired needs paired data: a built-in pair "
-        "(e.g. fashion-mnist:colour) or a folder whose trainA/ and trainB/ share file names"]
-    for sub in ("trainA", "trainB") if kind == "folder" else ():
-        if not Path(cfg.dataset, sub).is_dir():
-            mistakes.append(f"{cfg.dataset} has no {sub}/ folder: a translation folder needs "
-                            "trainA/ and trainB/ (testA/ testB/ optional)")
-    if kind == "folder" and cfg.paired and not any(mistakes) and len({tuple(sorted(
-            p.name for p in Path(cfg.dataset, s).rglob("*") if p.suffix.lower() in IMAGE_FILES))
-            for s in ("trainA", "trainB")}) > 1:
-        mistakes.append("--paired: trainA/ and trainB/ must hold images with the same file names")
+        cfg.paired and not colour and "--paired (pix2pix) needs pairs: use a colour pair"]
     for mistake in filter(None, mistakes):
         raise SystemExit(f"{PROG}: error: {mistake}")
+    if cfg.out == f"runs/cyclegan-{Path(cfg.dataset).name}":  # no ":" in the default folder
+        cfg.out = cfg.out.replace(":", "-") + "-paired" * cfg.paired
     return cfg
 
 PROG = "cyclegan.py"
 OPTIONS = [  # this script's options, written as COMMON's below
-    ("--dataset", "8gaussians", "a toy 2-D pair, mnist:colour, fashion-mnist:colour, mnist:invert,"
-     " fashion-mnist:invert, a CycleGAN photo set (horse2zebra, ...) or a folder: trainA/ trainB/"),
+    ("--dataset", "8gaussians", "8gaussians, mnist:colour, fashion-mnist:colour or a folder"),
     ("--steps", 2000, "training steps"),
-    ("--batch-size", (256, 0), "minibatch size; 0: 16 for built-in pairs, else 1 (the paper's)"),
+    ("--batch-size", (256, 16), "minibatch size m (the paper's: 1 image)"),
     ("--lr", 2e-4, "Adam's learning rate, constant for half the steps, then linearly to 0"),
     ("--paired", False, "pix2pix: one G, a D on (input, output) pairs, L1 to the target"),
     ("--lambda-cycle", 10.0, "lambda, the weight of the cycle loss"),
-    ("--lambda-identity", (0.0, -1.0), "weight of the identity loss; negative: half of lambda (the "
-     "paper's)"),
+    ("--lambda-identity", (0.0, 0.5), "the identity loss's weight in units of lambda (paper: 0.5)"),
     ("--lambda-l1", 100.0, "--paired: weight of the L1 loss to the target (pix2pix's)"),
-    ("--pool-size", "50", "generated images the discriminators remember (the paper's 50; 0: none)"),
-    ("--width", (128, 0), "hidden units (2-D) or base channels; 0: 16 for built-in pairs, else 64"),
-    ("--res-blocks", (6, 0), "residual blocks in G; 0: 6 below 256 px, 9 from 256 px"),
-    ("--eval-classifier-steps", 800, "built-in pairs: steps of the B classifier that measures "
-     "label preservation"),
-    ("--sample-every", 500, "steps between sample figures and checkpoints")]
+    ("--width", (128, 16), "hidden units (toy) or the base channels of G and D (the paper's 64)")]
 
 # --- plumbing: the same in every script; skip on first read ---
 TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
@@ -687,18 +537,13 @@ def main(argv=None):
     cfg = check_options(parse_options(argv))
     torch.manual_seed(cfg.seed)
     nets, out = train(cfg), Path(cfg.out)
-    result, fake = evaluate(cfg, nets, pick_device(cfg.device))
-    np.savez(buffer := io.BytesIO(), x=fake.numpy() if cfg.dataset in TOY_SETS else to_uint8(fake))
+    result, export = evaluate(cfg, nets, pick_device(cfg.device))
+    np.savez(buffer := io.BytesIO(), **export)
     write_atomic(out / "samples.npz", buffer.getvalue())
     write_atomic(out / "metrics.json", json.dumps(result, indent=1))
     plot_log(out)
-    print(f"{result['inputs']} inputs: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()
-                                                      if k != "inputs"))
-    if "on_true_mode" in result:
-        print(f"{result['on_B_modes']:.1%} of G(a) land on a mode of B, "
-              f"{result['on_true_mode']:.1%} on the mode T(a) is on: unpaired data cannot tell "
-              "B's modes apart, so a symmetry of them after T is as cycle-consistent as T")
-    print(f"figures, samples.npz (G applied to those inputs) and checkpoint.pt are in {out}/")
+    print(", ".join(f"{k} {v:.4g}" if type(v) is float else f"{k}: {v}" for k, v in result.items()))
+    print(f"figures, samples.npz and checkpoint.pt are in {out}/")
     return nets
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ V2 = [s for s in ["gan", "wgan_gp", "cgan", "cyclegan", "ddpm"]
 TINY = {"gan": ["--width", "8", "--batch-size", "8", "--z-dim", "4"],  # a tiny model per script
         "cgan": ["--width", "8", "--batch-size", "8", "--z-dim", "4"],
         "wgan_gp": ["--n-critic", "1", "--width", "8", "--batch-size", "8", "--z-dim", "4"],
-        "cyclegan": ["--eval-classifier-steps", "5", "--res-blocks", "1", "--batch-size", "8", "--width", "4"],
+        "cyclegan": ["--batch-size", "8", "--width", "4"],
         "ddpm": ["--width", "8", "--sample-steps", "5", "--num-samples", "10", "--batch-size", "8",
                  "--timesteps", "20"]}
 MNIST_AS = {"cyclegan": "mnist:colour"}  # how each script names a data set built on the MNIST files
