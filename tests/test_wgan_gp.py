@@ -1,8 +1,9 @@
 """Tests for wgan_gp.py: the gradient penalty against closed forms, per-sample interpolation,
-clipping and spectral normalisation against torch.linalg (and what it does not bound: a convolution's
-operator norm), the critic's objective against the exact W1 and the penalised optimum, tiny runs of
-every option and dataset kind, resume, learning and the script's own bad inputs. The plumbing block is
-tested for every script in test_plumbing.py."""
+clipping and spectral normalisation against torch.linalg (and the bound it gives a convolution, against
+the operator norm measured by power iteration), the critic's objective against the exact W1 and the
+penalised optimum, the training loop's order (n_critic critic updates with G fixed, clipping after each),
+tiny runs of every option and dataset kind, learning and the script's own bad inputs. The plumbing block
+is tested for every script in test_plumbing.py."""
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import wgan_gp as w
 from helpers import expect_user_error, FASHION_SYSTEM_DIR, snapshot, write_cifar_binary, write_image_folder, write_mnist_like
@@ -114,16 +116,58 @@ def test_spectral_norm_gives_unit_largest_singular_value(kind):
     assert torch.allclose(sn(x), ref, rtol=2e-3, atol=2e-3)
 
 
-def test_sn_critic_layers_all_normalised(tmp_path):
-    cfg = w.parse_options(["--lipschitz", "sn", "--dataset", "mnist"])
+def test_sn_critic_layers_all_normalised():
     D = w.dcgan_pair(8, 1, 28, 8, "sn")[1]
     x = torch.randn(4, 1, 28, 28)
     for _ in range(60):
         D(x)
     layers = [m for m in D.modules() if isinstance(m, w.SpectralNorm)]
-    assert len(layers) == 3 and cfg.lipschitz == "sn"
+    assert len(layers) == 3  # both convolutions and the last Linear
     for m in layers:
         assert torch.linalg.matrix_norm(m.layer.weight.flatten(1) / m.sigma(), 2).item() == pytest.approx(1.0, rel=1e-2)
+
+
+def test_power_iteration_runs_once_per_forward_call_in_training_mode_only():
+    """u after k training-mode calls = k steps v <- W^T u / |W^T u|, u <- W v / |W v| by hand; calls in
+    eval mode leave u alone."""
+    torch.manual_seed(0)
+    sn = w.SpectralNorm(nn.Linear(6, 5))
+    W, u = sn.layer.weight.detach(), sn.u.clone()
+    for k in range(1, 4):
+        sn(torch.randn(3, 6))
+        v = W.t() @ u / (W.t() @ u).norm()
+        u = W @ v / (W @ v).norm()
+        assert torch.allclose(sn.u, u, atol=1e-6), k
+    sn.eval()
+    sn(torch.randn(3, 6))
+    assert torch.allclose(sn.u, u, atol=1e-6)
+
+
+def conv_operator_norm(kernel, size, stride=2, padding=1, iterations=300):
+    """||A||_2 of x -> conv2d(x, kernel) on size x size inputs, by power iteration on A^T A (autograd)."""
+    torch.manual_seed(0)
+    v = torch.randn(1, kernel.shape[1], size, size)
+    for _ in range(iterations):
+        v = (v / v.norm()).requires_grad_(True)
+        Av = torch.nn.functional.conv2d(v, kernel, stride=stride, padding=padding)
+        v, = torch.autograd.grad(Av, v, Av)  # A^T A v
+    return torch.nn.functional.conv2d(v / v.norm(), kernel, stride=stride, padding=padding).norm().item()
+
+
+def test_a_unit_norm_reshaped_kernel_makes_a_4x4_stride_2_convolution_at_most_2_lipschitz():
+    """The docstring's bound: a pixel lies in at most ceil(k/s)^2 = 4 windows, so ||A|| <= ceil(k/s) ||W||
+    = 2. sn's random kernels land between 1 and 2 (not 1-Lipschitz); a constant kernel on a constant image
+    comes close to 2, so the bound is tight: 2 is not loose."""
+    torch.manual_seed(0)
+    for c_in, c_out in [(3, 8), (16, 8), (1, 1)]:
+        sn = w.SpectralNorm(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False))
+        for _ in range(100):
+            sn.sigma()
+        W = sn.layer.weight / sn.sigma().detach()
+        assert torch.linalg.matrix_norm(W.flatten(1), 2).item() == pytest.approx(1.0, rel=1e-3)
+        assert 1.0 < conv_operator_norm(W, 16) <= 2.0 + 1e-4, (c_in, c_out)
+    flat = torch.full((1, 1, 4, 4), 0.25)  # reshaped: 16 entries of 1/4, norm 1
+    assert 1.95 < conv_operator_norm(flat, 64) <= 2.0 + 1e-4
 
 
 def test_critic_has_no_batch_norm():
@@ -170,10 +214,48 @@ def test_tiny_toy_runs(tmp_path, lipschitz, dataset):
     out = run(tmp_path, "--dataset", dataset, "--lipschitz", lipschitz, "--steps", 4, "--batch-size", 16,
               "--width", 16, "--log-every", 2, "--sample-every", 2, "--num-samples", 30, "--n-critic", 2)
     check_run(out, 4)
-    if lipschitz == "clip":
-        D = w.mlp(2, 16, 1)
-        D.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True)["D"])
-        assert all(p.abs().max() <= 0.01 + 1e-9 for p in D.parameters())
+    rows = (out / "log.csv").read_text().splitlines()
+    gp = [float(r.split(",")[rows[0].split(",").index("gp")]) for r in rows[1:]]
+    assert all(v == 0 for v in gp) if lipschitz != "gp" else all(v > 0 for v in gp)  # the gp column
+
+
+def optimizer_steps(monkeypatch, tmp_path, *args):
+    """Train a tiny 2-D run, recording for every optimizer step which net it updates, G's and D's
+    parameters just before it and D's just after (mlp is wrapped to catch train()'s G, then D)."""
+    nets, events, mlp = [], [], w.mlp
+    monkeypatch.setattr(w, "mlp", lambda *a, **k: nets.append(mlp(*a, **k)) or nets[-1])
+    flat = lambda net: torch.cat([p.detach().flatten() for p in net.parameters()]).clone()
+
+    def before(opt, args, kwargs):
+        which = "G" if opt.param_groups[0]["params"][0] is next(nets[0].parameters()) else "D"
+        events.append([which, flat(nets[0]), flat(nets[1])])
+
+    def after(opt, args, kwargs):
+        events[-1].append(flat(nets[1]))
+    hooks = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
+    try:
+        run(tmp_path, "--dataset", "8gaussians", "--width", 8, "--batch-size", 16, "--log-every", 1,
+            "--num-samples", 10, *args)
+    finally:
+        [h.remove() for h in hooks]
+    return events
+
+
+def test_each_G_update_follows_n_critic_critic_updates_with_G_fixed(monkeypatch, tmp_path):
+    events = optimizer_steps(monkeypatch, tmp_path, "--steps", 3, "--n-critic", 4)
+    assert [e[0] for e in events] == (["D"] * 4 + ["G"]) * 3
+    for (which, G_before, _, _), (_, G_after, _, _) in zip(events, events[1:]):
+        assert torch.equal(G_before, G_after) == (which == "D")  # only G's own update moves G
+
+
+def test_clipping_follows_every_critic_update(monkeypatch, tmp_path):
+    """Every critic update pushes some weight past c (RMSProp's first steps are about 10 lr), and by the
+    next update, of D or of G, every weight is back in [-c, c]."""
+    events = optimizer_steps(monkeypatch, tmp_path, "--steps", 3, "--n-critic", 3, "--lipschitz", "clip",
+                             "--lr", "1e-3")
+    for (which, _, _, D_after), (_, _, D_next, _) in zip(events, events[1:]):
+        if which == "D":
+            assert D_after.abs().max() > 0.01 and D_next.abs().max() <= 0.01 + 1e-7
 
 
 @pytest.mark.parametrize("lipschitz", ["gp", "clip", "sn"])
@@ -199,21 +281,15 @@ def test_cifar_and_folder_runs(tmp_path):
     check_run(out, 1, (32, 32, 1))
 
 
-def test_linear_lr_decay_reaches_zero(tmp_path):
-    out = run(tmp_path, "--dataset", "8gaussians", "--steps", 4, "--batch-size", 8, "--width", 8, "--log-every", 1,
-              "--n-critic", 1, "--lr", "1e-3")
-    rows = (out / "log.csv").read_text().splitlines()
-    col = rows[0].split(",").index("lr")
-    assert [float(r.split(",")[col]) for r in rows[1:]] == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
-
-
 # ---------------------------------------------------------------- experiments
 @pytest.mark.slow
 def test_w_vs_js_small(tmp_path):
-    rows, fits = w.main(["--experiment", "w-vs-js", "--exp-steps", "300", "--out", str(tmp_path / "e")])
+    rows = w.main(["--experiment", "w-vs-js", "--exp-steps", "300", "--out", str(tmp_path / "e")])
     assert (tmp_path / "e" / "w_vs_js.png").is_file() and (tmp_path / "e" / "w_vs_js.csv").is_file()
     lines = [r for r in rows if r["case"] == "parallel lines" and r["theta"] > 0]
-    assert fits["gaussians"]["r2"] > 0.99 and fits["gaussians"]["slope"] == pytest.approx(1.0, abs=0.1)
+    gaussians = [(r["theta"], r["critic_objective"]) for r in rows if r["case"] == "gaussians"]
+    slope = np.polyfit(*np.array(gaussians).T, 1)[0]  # the critic's objective grows like W = |theta|
+    assert slope == pytest.approx(1.0, abs=0.1)
     for r in lines:  # JS is log 2 whatever the distance; W tracks the distance
         assert r["js_lower_bound"] == pytest.approx(math.log(2), rel=0.05)
         assert r["critic_objective"] == pytest.approx(r["w_penalised_optimum"], rel=0.1, abs=0.05)  # 300 steps: small theta underfits
@@ -222,22 +298,11 @@ def test_w_vs_js_small(tmp_path):
     assert all(r["grad_wgan"] > 0.5 and r["grad_gan_minimax"] < 1e-2 for r in far)
 
 
-@pytest.mark.slow
-def test_gradnorm_shows_clipping_pathology(tmp_path):
-    curves = w.main(["--experiment", "gradnorm", "--exp-steps", "200", "--out", str(tmp_path / "g")])
-    gp = curves["gp lambda=10"]
-    assert gp.max() / gp.min() < 20                              # the penalty keeps every layer alive
-    for c in ["clip c=0.01", "clip c=0.001"]:                    # small thresholds: vanishing gradients
-        assert curves[c].max() < 1e-6 * gp.min(), c
-    assert curves["clip c=0.1"].min() > 1e3 * curves["clip c=0.01"].max()  # the threshold sets the scale
-    assert (tmp_path / "g" / "gradnorm.png").is_file()
-
-
 # ---------------------------------------------------------------- learning
 def test_100_steps_pull_the_samples_towards_the_modes(tmp_path):
     """The quick, steady check: mean distance from G(z) to its nearest mode of 8gaussians. Untrained
-    G: 1.24-1.37 (see test_gan.py); after 100 steps of the 2-D defaults, seeds 0-4: 0.325, 0.335,
-    0.325, 0.339, 0.311. The bar, 0.6, leaves a margin on both sides, so one seed is enough."""
+    G: 1.24-1.37 (see test_gan.py); after 100 steps of the 2-D defaults, seeds 0-4: 0.300, 0.298,
+    0.277, 0.296, 0.296. The bar, 0.6, leaves a margin on both sides, so one seed is enough."""
     centres, _ = w.toy_centres("8gaussians")
     out = run(tmp_path, "--dataset", "8gaussians", "--steps", 100, "--log-every", 100, "--sample-every", 100,
               "--num-samples", 1000)
@@ -246,52 +311,30 @@ def test_100_steps_pull_the_samples_towards_the_modes(tmp_path):
 
 
 @pytest.mark.slow
-def test_learns_8gaussians_quickly(tmp_path):
-    """400 generator steps with the 2-D defaults (seed 0) already cover all 8 modes and put a clear share
-    of samples within 3 std of one; an untrained G puts essentially none there."""
-    out = run(tmp_path, "--dataset", "8gaussians", "--steps", 400, "--log-every", 200, "--sample-every", 400)
+def test_the_default_run_captures_all_25_modes_with_80_percent_high_quality(tmp_path):
+    """python wgan_gp.py (25gaussians, gp, 6000 steps, seed 0) keeps what the README states for the
+    default: every mode captured and at least 80 % of the samples within 3 std of one. Measured once
+    (seed 0): 25/25 and 83.6-86.8 % over five draws of 2,500 samples of the final G; with the constant
+    lr the share swings during training (68 %, 58 %, 75 % at steps 3000, 4000, 5000)."""
+    out = run(tmp_path, "--log-every", 1000, "--sample-every", 6000)
     m = json.loads((out / "metrics.json").read_text())
-    assert m["modes"] == 8 and m["high_quality"] > 0.15, m
-    torch.manual_seed(0)
-    G = w.mlp(2, 256, 2)
-    with torch.no_grad():
-        assert w.mode_metrics(G(torch.randn(2500, 2)), "8gaussians")["high_quality"] < 0.05
+    assert m["modes"] == 25 and m["high_quality"] >= 0.8, m
 
 
 # ---------------------------------------------------------------- the script's own mistakes
 @pytest.mark.parametrize("case,message", [
     ("n-critic-0", "--n-critic: must be a positive integer"), ("clip-negative", "must be positive"),
+    ("lr-negative", "must be positive"), ("lambda-0", "must be positive"),
+    ("exp-steps-negative", "--exp-steps: must be a positive integer"),
     ("image-size-40", "the nets take 28, 32, 64"),
-    ("batch-size-1-on-images", "BatchNorm needs 2 or more images a batch"), ("experiment-on-missing-device", "is not available here")],
+    ("batch-size-1-on-images", "BatchNorm needs 2 or more images a batch")],
     ids=lambda v: v)
 def test_a_wgan_mistake_ends_in_one_sentence(capsys, tmp_path, case, message):
-    if case == "experiment-on-missing-device" and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    argv = {"n-critic-0": ["--n-critic", "0"], "clip-negative": ["--clip", "-1"],
+    argv = {"n-critic-0": ["--n-critic", "0"], "clip-negative": ["--clip", "-1"], "lr-negative": ["--lr=-1e-4"],
+            "lambda-0": ["--lambda-gp", "0"], "exp-steps-negative": ["--experiment", "w-vs-js", "--exp-steps", "-1"],
             "image-size-40": ["--dataset", "mnist", "--image-size", "40"],
-            "batch-size-1-on-images": ["--dataset", "mnist", "--batch-size", "1"],
-            "experiment-on-missing-device": ["--experiment", "gradnorm", "--device", "cuda"]}[case]
+            "batch-size-1-on-images": ["--dataset", "mnist", "--batch-size", "1"]}[case]
     assert message in error_of(capsys, [*argv, "--out", tmp_path / "r"])
-
-
-def test_normalising_the_reshaped_kernel_does_not_make_a_convolution_1_lipschitz():
-    """The docstring's claim: sn divides a conv kernel by the largest singular value of its
-    C_out x (C_in k k) reshape, but the convolution's operator norm, measured here by power iteration
-    on the convolution itself (A^T A through autograd), can exceed 1."""
-    torch.manual_seed(0)
-    layer = nn.Conv2d(3, 8, 4, 2, 1, bias=False)
-    sn = w.SpectralNorm(layer)
-    for _ in range(100):
-        sn.sigma()
-    W = layer.weight / sn.sigma().detach()
-    assert torch.linalg.matrix_norm(W.flatten(1), 2).item() == pytest.approx(1.0, rel=1e-3)
-    v = torch.randn(1, 3, 16, 16)
-    for _ in range(200):  # power iteration on A^T A, A = the convolution
-        v = (v / v.norm()).requires_grad_(True)
-        Av = torch.nn.functional.conv2d(v, W, stride=2, padding=1)
-        v, = torch.autograd.grad(Av, v, Av)  # A^T A v
-    op_norm = torch.nn.functional.conv2d(v / v.norm(), W, stride=2, padding=1).norm().item()
-    assert op_norm > 1.05, op_norm
 
 
 @pytest.mark.slow
