@@ -1,39 +1,32 @@
 """fid.py - judging a generator the way the lecture notes do, one file to read beside them.
 
-The notes' evaluation section (note 001 and note 003, "GAN如何评价好坏"), in their order:
+The notes' evaluation section (notes 001 and 003, "GAN如何评价好坏"), in their order:
   1. Ask a classifier about each sample y. A confident p(c|y) means a clear sample (quality). The
-     class distribution averaged over samples, p(c) = E_y p(c|y), should be even (diversity): a peak
-     is mode collapse, a class that never wins is mode dropping. The Inception Score folds both in,
-         IS = exp(E_y KL(p(c|y) || p(c))),   from 1 (no information) to K (confident and balanced);
-     it needs a classifier that knows the images: ImageNet's Inception knows no digits or garments.
-  2. FID: the classifier's features of real and of generated images (the notes' P.l and G.l, f_r
-     and f_g here), a Gaussian fitted to each, and the Frechet distance between the two Gaussians,
+     class distribution averaged over samples, p(c) = E_y p(c|y), should be even (diversity): one
+     class holding most samples is mode collapse, a class that never wins is mode dropping. The
+     Inception Score folds both in,  IS = exp(E_y KL(p(c|y) || p(c))),  from 1 to K classes.
+  2. FID in three steps: features of real and generated images (the notes' P.l and G.l), a
+     Gaussian fitted to each (mu_r, Sigma_r and mu_g, Sigma_g), and their Frechet distance
          FID = ||mu_r - mu_g||^2 + Tr(Sigma_r + Sigma_g - 2 (Sigma_r Sigma_g)^{1/2}).
-     Only means and covariances count (the notes call the Gaussian assumption strong): 25gaussians,
-     8gaussians and one Gaussian with the same mean and covariance are all ~0 apart. FID also
-     falls as N grows: compare at one N, and 2048-d features need N >= 2,048 (10,000+ is usual).
-  3. The memorising GAN: copies of the training set score a perfect FID. We compare each sample's
-     distance to its nearest training image with the same distance for held-out real images.
-Also KID (an unbiased kernel cousin of FID) and, on the 2-D toy sets, VEEGAN's modes captured and
-high-quality %. The names FID, KID and Inception Score are kept for the Inception network; with our
-28-px classifier or raw 2-D points the file says FD, KD and "classifier score" instead.
+     Only means and covariances count (the notes call the Gaussian assumption strong): 8gaussians
+     and 25gaussians, both of mean 0 and covariance ~I, are ~0 apart. FID falls as N grows:
+     compare at one N; 2048-d features need N well above 2,048 (papers use 50,000 samples).
+  3. The memorising GAN: copies of the training set score a perfect FID, so each sample's distance
+     to its nearest training image is set against the same for held-out real images.
+The features: Inception-V3's for colour images. 28-px grey images lie outside its domain (ImageNet's
+299-px colour photos): a small classifier trained here stands in ("FD", "classifier score"). 2-D
+toy points are their own features (and VEEGAN's modes captured). Not here: CLIP (needs captions).
 
 Examples:
   python fid.py train-classifier --dataset fashion-mnist         # once: a small CNN, ~2 CPU minutes
   python fid.py runs/gan-fashion-mnist/samples.npz fashion-mnist  # classifier features, offline
-  python fid.py 25gaussians:gaussian 25gaussians                  # FD ~0, few points on a mode
-  python fid.py fashion-mnist:test fashion-mnist                  # real vs real: the floor
-  python fid.py samples.npz cifar10 --extractor inception         # the standard FID (weights: once)
-  python fid.py cifar10 --extractor inception --save-stats c10.npz  # cache the real statistics
-A source is a samples.npz, a folder of images, a statistics .npz (ours or pytorch-fid's), or a data
-set name with :train or :test (default train); a toy set also takes :gaussian (its Gaussian fit).
-
-Deviations: the square root uses symmetric eigendecompositions, not scipy's sqrtm (derivation in
-frechet_distance); IS splits are a fixed random permutation, not consecutive slices (class-ordered
-exports would score ~1); non-square folder images are centre-cropped, where pytorch-fid stretches
-them to 299 x 299: the same numbers for square images only.
+  python fid.py 8gaussians 25gaussians            # FD ~0, yet only 4 of the 25 modes are hit
+  python fid.py samples.npz cifar10         # FID of 32-px colour images (weights downloaded once)
+  python fid.py samples.npz cifar10_stats.npz  # against mu_r, Sigma_r that pytorch-fid saved
+Deviations: IS splits are a fixed random permutation (class-ordered exports would score ~1);
+folder images are centre-cropped square, where pytorch-fid stretches them to 299 x 299.
 """
-import argparse, gzip, hashlib, io, json, math, os, sys, tarfile, time, urllib.request, zlib
+import argparse, gzip, hashlib, io, math, os, sys, tarfile, urllib.request, zlib
 from collections import OrderedDict
 from pathlib import Path
 import numpy as np
@@ -42,108 +35,73 @@ from torch import nn
 import torch.nn.functional as F
 
 # ------------------------------------------------------- 1. a classifier's view: quality, diversity
-def class_coverage(p_cy, y=None, imagenet=False):
-    """Confidence (mean max p(c|y)) and p(c) = E_y p(c|y). With our 10-class classifier also each
-    class's share of wins and the classes won by < 10 % of a fair share (mode dropping)."""
-    if imagenet:  # TF's 1008 outputs: 1..1000 are ImageNet's classes, renormalised over them
-        p_cy = p_cy[:, 1:1001] / p_cy[:, 1:1001].sum(1, keepdims=True)
+def class_coverage(p_cy, y=None):
+    """Confidence (mean max p(c|y)), the entropy of p(c), each class's share of the samples (over
+    half: mode collapse; under a tenth of a fair one: dropped); with asked-for labels y, hits."""
     # p(c) = E_y p(c|y), the class distribution averaged over the samples: even = diverse
     K, p_c = p_cy.shape[1], p_cy.mean(0)
+    share = np.bincount(p_cy.argmax(1), minlength=K) / len(p_cy)
     out = {"confidence": float(p_cy.max(1).mean()), "max_entropy": math.log(K),
-           "class_entropy": float(-(p_c * np.log(np.clip(p_c, 1e-12, None))).sum())}
-    if not imagenet:  # ImageNet's classes are not the data's: "missing" would mean nothing there
-        share = np.bincount(p_cy.argmax(1), minlength=K) / len(p_cy)
-        out["class_share"] = [round(float(s), 4) for s in share]
-        out["missing_classes"] = [int(c) for c in np.flatnonzero(share < 0.1 / K)]
-    if y is not None and not imagenet:  # samples that carry the label they were asked for
+           "class_entropy": float(-(p_c * np.log(np.clip(p_c, 1e-12, None))).sum()),
+           "class_share": share.round(4).tolist(),
+           "collapsed_to": np.flatnonzero(share > 0.5).tolist(),  # mode collapse
+           "missing_classes": np.flatnonzero(share < 0.1 / K).tolist()}  # mode dropping
+    if y is not None:  # samples that carry the label they were asked for
         out["conditional_accuracy"] = float((p_cy.argmax(1) == np.asarray(y)).mean())
     return out
 
 def inception_score(p_cy, splits=10):
-    """exp(E_y KL(p(c|y) || p(c))) in each split, p(c) the split's mean; mean, std over splits."""
+    """exp(E_y KL(p(c|y) || p(c))), p(c) the split's mean: mean, std over (at most N) splits."""
     scores, log = [], lambda p: np.log(np.clip(p, 1e-12, None))
-    for part in np.array_split(p_cy[np.random.default_rng(0).permutation(len(p_cy))], splits):
+    order = np.random.default_rng(0).permutation(len(p_cy))
+    for part in np.array_split(p_cy[order], min(splits, len(p_cy))):
         # KL(p(c|y) || p(c)) = sum_c p(c|y) (log p(c|y) - log p(c)), averaged over y, then exp
         scores.append(math.exp((part * (log(part) - log(part.mean(0)))).sum(1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
 
-# ------------------------------------------------------- 2. the Frechet distance of two Gaussians
-def gaussian_statistics(f, name="features", notes=None):
-    """mu and Sigma (float64, unbiased) of N x d features, with a note when the estimate is poor."""
-    n, d = f.shape
-    if n < 2:
-        raise SystemExit(f"{PROG}: error: {name} has {n} sample(s); a covariance needs at least 2")
-    mu, sigma = f.mean(0), np.cov(f, rowvar=False).reshape(d, d)
-    ev = np.linalg.eigvalsh(sigma)
-    rank = int((ev > ev.max() * 1e-10).sum()) if ev.max() > 0 else 0
-    if notes is not None and n <= d:
-        notes.append(f"{name}: {n} samples of {d}-d features: Sigma has rank <= {n - 1}, a poor "
-                     "estimate; a Frechet distance needs N well above d")
-    elif notes is not None and rank < d:
-        notes.append(f"{name}: Sigma has rank {rank} of {d}; its round-off eigenvalues are clamped "
-                     "to 0 in the square root, no offset is added")
-    return mu, sigma
+# ------------------------------------------------------- 2. FID: Gaussians and their distance
+def gaussian_statistics(f, name="features"):
+    """mu and Sigma (float64, unbiased) of N x d features f."""
+    if len(f) < 2:
+        raise SystemExit(f"{PROG}: error: {name} has {len(f)} sample(s); a covariance needs 2")
+    return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
-def psd_sqrt(sigma):  # symmetric Sigma = V diag(lambda) V^T: Sigma^{1/2} = V diag(sqrt(lambda)) V^T
-    lam, V = np.linalg.eigh(sigma)
-    return (V * np.sqrt(np.clip(lam, 0, None))) @ V.T
-
-def frechet_distance(mu1, sigma1, mu2, sigma2):
-    """d^2 = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2}), in float64, without scipy:
-      - AB and BA have the same eigenvalues; with A = S1^{1/2}, B = S1^{1/2} S2 that makes S1 S2
-        and M = S1^{1/2} S2 S1^{1/2} share their eigenvalues lambda_i;
-      - M is symmetric and x^T M x = (S1^{1/2} x)^T S2 (S1^{1/2} x) >= 0: lambda_i real and >= 0;
-      - (S1 S2)^{1/2} has eigenvalues sqrt(lambda_i), and a trace is the sum of the eigenvalues.
-    So Tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(M)): two symmetric eigendecompositions, all real."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise SystemExit(f"{PROG}: error: the statistics have different dimensions "
-                         f"({mu1.shape[0]} and {mu2.shape[0]})")
-    s1_half = psd_sqrt(sigma1)
-    M = s1_half @ sigma2 @ s1_half
+def frechet_distance(mu_r, Sigma_r, mu_g, Sigma_g):
+    """||mu_r - mu_g||^2 + Tr(Sigma_r + Sigma_g - 2 (Sigma_r Sigma_g)^{1/2}) in float64, without a
+    square root of the non-symmetric Sigma_r Sigma_g (scipy's sqrtm, through a Schur form). AB and
+    BA share their eigenvalues: with A = Sigma_r^{1/2}, Sigma_r Sigma_g = A (A Sigma_g) has those of
+    M = A Sigma_g A, symmetric with x^T M x = (Ax)^T Sigma_g (Ax) >= 0, so lambda_i >= 0; the root
+    has their square roots, and a trace sums eigenvalues: Tr(.^{1/2}) = sum_i sqrt(lambda_i)."""
+    mu_r, Sigma_r, mu_g, Sigma_g = (np.asarray(a, np.float64) for a in (mu_r, Sigma_r, mu_g,
+                                                                        Sigma_g))
+    lam_r, V = np.linalg.eigh(Sigma_r)  # Sigma_r = V diag(lam_r) V^T
+    root = (V * np.sqrt(np.clip(lam_r, 0, None))) @ V.T  # Sigma_r^{1/2} = V diag(lam_r^{1/2}) V^T
+    M = root @ Sigma_g @ root
     lam = np.linalg.eigvalsh((M + M.T) / 2)  # symmetrised: round-off only
-    diff = mu1 - mu2
-    # ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 sum_i sqrt(lambda_i)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+    # ||mu_r - mu_g||^2 + Tr(Sigma_r) + Tr(Sigma_g) - 2 sum_i sqrt(lambda_i)
+    return float(((mu_r - mu_g) ** 2).sum() + np.trace(Sigma_r) + np.trace(Sigma_g)
                  - 2 * np.sqrt(np.clip(lam, 0, None)).sum())
 
-# ------------------------------------------------------- 3. memorisation, 4. KID, toy-set modes
-def nearest_distances(a, b, chunk=2048):  # each row of a: Euclidean distance to the nearest of b
-    a, b = torch.from_numpy(a).float(), torch.from_numpy(b).float()
-    return torch.cat([torch.cdist(a[i:i + chunk], b).min(1).values
-                      for i in range(0, len(a), chunk)]).numpy()
-
-def memorisation(x_gen, x_train, x_heldout):
+# ------------------------------------------------------- 3. memorisation
+def memorisation(x_gen, x_train, x_heldout, seed=0, chunk=2048):
     """Pixel distance (in [0, 1] units) of each sample to its nearest training image, against the
-    same for held-out real images; a likely copy is closer than 99 % of held-out images are."""
-    flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255
-    d_gen, d_held = (nearest_distances(flat(x), flat(x_train)) for x in (x_gen, x_heldout))
+    same for as many random held-out images; a likely copy is closer than 99 % of those are."""
+    x_heldout = x_heldout[np.random.default_rng(seed).permutation(len(x_heldout))[:len(x_gen)]]
+    flat = lambda x: torch.from_numpy(x.reshape(len(x), -1)).float() / 255
+    train = flat(x_train)
+    nearest = lambda a: torch.cat([torch.cdist(a[i:i + chunk], train).min(1).values
+                                   for i in range(0, len(a), chunk)]).numpy()
+    d_gen, d_held = nearest(flat(x_gen)), nearest(flat(x_heldout))
     threshold = float(np.percentile(d_held, 1))
     return {"median_nn_distance": float(np.median(d_gen)), "copy_threshold": threshold,
             "heldout_median_nn_distance": float(np.median(d_held)),
             "likely_copies": float((d_gen < threshold).mean())}
 
-def kernel_distance(f1, f2, subsets=100, subset_size=1000, seed=0):
-    """KID: the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 on random subsets of size m
-    (mean, std); its expectation is 0 when both sets come from one distribution."""
-    rng, d, m = np.random.default_rng(seed), f1.shape[1], min(subset_size, len(f1), len(f2))
-    if m < 2:
-        raise SystemExit(f"{PROG}: error: KID needs at least 2 samples in each set")
-    values = []
-    for _ in range(subsets):
-        x, y = f1[rng.choice(len(f1), m, replace=False)], f2[rng.choice(len(f2), m, replace=False)]
-        k_xx, k_yy, k_xy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-        # sum_{i != j} k(x_i, x_j) / (m (m - 1)) + the same for y - 2 sum_{i, j} k(x_i, y_j) / m^2
-        values.append((k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
-                      - 2 * k_xy.sum() / m ** 2)
-    return float(np.mean(values)), float(np.std(values))
-
-# ------------------------------------------------------- 5. the feature extractors
+# ------------------------------------------------------- 4. the feature extractors
 # (a) The FID Inception-V3: TensorFlow's graph of 2015-12-05 as pytorch-fid ports it, under
-# torchvision's parameter names, so the published weights load with strict=True. Three details of
-# the TF graph differ from torchvision and move FID: 1008 outputs; the 3x3 average pools exclude
-# the zero padding (count_include_pad=False); Mixed_7c's pool branch takes a MAX pool.
+# torchvision's names, so the published weights load strictly. Two details of the TF graph move
+# FID: its 3x3 average pools exclude the zero padding, and Mixed_7c's pool branch is a MAX pool.
+# A third, the final layer's 1008 outputs (not 1000), comes after the features: it moves IS only.
 INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                  "pt_inception-2015-12-05-6726825d.pth")
 INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
@@ -197,17 +155,15 @@ class Mixed(nn.Module):
             for names in chain:  # a fork's outputs side by side
                 h = torch.cat([getattr(self, n)(h) for n in names], 1)
             outs.append(h)
-        kind = self.pool[0]
-        if kind == "max/2":
+        if self.pool[0] == "max/2":
             return torch.cat(outs + [F.max_pool2d(x, 3, stride=2)], 1)
-        pooled = (F.max_pool2d(x, 3, 1, 1) if kind == "max"
+        pooled = (F.max_pool2d(x, 3, 1, 1) if self.pool[0] == "max"
                   else F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
         return torch.cat(outs + [self.branch_pool(pooled)], 1)
 
 class FIDInceptionV3(nn.Module):
-    def __init__(self, dims=2048):
+    def __init__(self):
         super().__init__()
-        self.dims = dims
         self.Conv2d_1a_3x3, self.Conv2d_2a_3x3 = conv_bn(3, "32:3x3/2"), conv_bn(32, "32:3x3", 0)
         self.Conv2d_2b_3x3, self.Conv2d_3b_1x1 = conv_bn(32, "64:3x3"), conv_bn(64, "80:1x1")
         self.Conv2d_4a_3x3 = conv_bn(80, "192:3x3", 0)
@@ -216,54 +172,37 @@ class FIDInceptionV3(nn.Module):
         self.fc = nn.Linear(2048, 1008)
 
     def forward(self, x):
-        """x: N x 3 x H x W in [0, 1] -> (features N x dims, logits N x 1008 when dims = 2048).
+        """x: N x C x H x W in [0, 1], C = 1 or 3 -> (features N x 2048, IS's logits N x 1008).
         The standard input: bilinear resize to 299 x 299 WITHOUT antialiasing, then 2x - 1."""
+        x = x.expand(-1, 3, -1, -1)  # grey: the channel repeated
         x = 2 * F.interpolate(x, (299, 299), mode="bilinear", align_corners=False) - 1
         x = F.max_pool2d(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))), 3, 2)
-        blocks = [n for n, _, _ in MIXED]
-        stages = {64: [], 192: ["Conv2d_3b_1x1", "Conv2d_4a_3x3"], 768: blocks[:8],
-                  2048: blocks[8:]}  # the grid: 73 x 73, 35 x 35, 17 x 17, 8 x 8
-        for dims, names in stages.items():
-            for name in names:
-                x = getattr(self, name)(x)
-            x = F.max_pool2d(x, 3, 2) if dims == 192 else x
-            if dims == self.dims:
-                f = x.mean((2, 3))  # the features: a global average pool
-                # IS's logits: the final layer WITHOUT its bias, as the original IS code takes them
-                return f, F.linear(f, self.fc.weight) if dims == 2048 else None
+        x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, 2)  # 73 x 73 -> 35 x 35
+        for name, _, _ in MIXED:  # 35 x 35, from Mixed_6a 17 x 17, from Mixed_7a 8 x 8
+            x = getattr(self, name)(x)
+        f = x.mean((2, 3))  # the 2048-d features: a global average pool
+        # IS's logits: the final layer WITHOUT its bias, as the original IS code takes them
+        return f, F.linear(f, self.fc.weight)
 
-def load_inception(cfg, device, notes):
-    """The network with the published weights, downloaded once into torch's hub cache (SHA-256
-    checked), or --weights FILE (other weights give FIDs not comparable with published ones)."""
-    path = Path(cfg.weights or Path(torch.hub.get_dir(), "checkpoints", INCEPTION_URL[-36:]))
-    if not cfg.weights and not path.is_file():
-        try:
-            print(f"downloading {INCEPTION_URL}", file=sys.stderr, flush=True)
-            data = urllib.request.urlopen(INCEPTION_URL, timeout=60).read()
-        except OSError as e:
-            raise SystemExit(f"{PROG}: error: cannot download {INCEPTION_URL} "
-                             f"({getattr(e, 'reason', e)}); pass the file with --weights") from None
-        if hashlib.sha256(data).hexdigest() != INCEPTION_SHA256:
-            raise SystemExit(f"{PROG}: error: {INCEPTION_URL} fails its SHA-256 check (not saved)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
-    if not path.is_file():
-        raise SystemExit(f"{PROG}: error: --weights {path}: no such file")
-    digest, model = hashlib.sha256(path.read_bytes()).hexdigest(), FIDInceptionV3(cfg.dims)
-    if digest != INCEPTION_SHA256 and not cfg.weights:
-        raise SystemExit(f"{PROG}: error: {path} fails its SHA-256 check; delete it and run again")
-    if digest != INCEPTION_SHA256:
-        notes.append(f"{path} is not the published weight file: scores not comparable to papers'")
+def load_inception(device):
+    """The network with the published weights: downloaded once, SHA-256 checked, loaded strictly."""
+    path = Path(torch.hub.get_dir(), "checkpoints", INCEPTION_URL.rsplit("/", 1)[1])
     try:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(INCEPTION_URL, str(path), hash_prefix=INCEPTION_SHA256)
+        if hashlib.sha256(path.read_bytes()).hexdigest() != INCEPTION_SHA256:
+            raise ValueError("its SHA-256 is not the published one: delete it")
+        model = FIDInceptionV3()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    except Exception as e:
-        raise SystemExit(f"{PROG}: error: {path} is not the FID Inception weight file "
-                         f"({type(e).__name__}: {str(e)[:150]})") from None
-    return model.eval().to(device), digest[:16]
+    except Exception as e:  # no network; a failed check; another network's weights
+        why = " ".join(str(e).split())[:150]  # torch's messages may span lines
+        raise SystemExit(f"{PROG}: error: no FID Inception weights at {path} ({type(e).__name__}: "
+                         f"{why}); with no network, put {INCEPTION_URL} there") from None
+    return model.eval().to(device)
 
 class Classifier(nn.Module):
-    """(b) A small CNN for 28 x 28 grey images, trained by `fid.py train-classifier`: its 128-d
-    penultimate layer gives the features, its softmax p(c|y)."""
+    """(b) A small CNN for 28 x 28 grey images: 128-d features, then p(c|y) over 10 classes."""
     def __init__(self, n_classes=10):
         super().__init__()
         self.features = nn.Sequential(
@@ -272,43 +211,34 @@ class Classifier(nn.Module):
             nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, n_classes))
 
-    def forward(self, x):  # N x 1 x 28 x 28 in [-1, 1] -> (features N x 128, logits N x 10)
-        f = self.features(x)
+    def forward(self, x):  # N x 1 x 28 x 28 in [0, 1] -> (features N x 128, logits N x 10)
+        f = self.features(2 * x - 1)
         return f, self.head(f)
 
-def load_classifier(path, device):
-    if not Path(path).is_file():
-        raise SystemExit(f"{PROG}: error: no classifier at {path}: pass --classifier, or train "
-                         f"it once: python fid.py train-classifier --dataset {Path(path).stem}")
+def load_classifier(cfg, dataset, device):
+    path, model = cfg.classifier or Path(cfg.data_dir, "classifiers", f"{dataset}.pt"), Classifier()
     try:
-        state, model = torch.load(path, map_location="cpu", weights_only=True), Classifier()
-        model.load_state_dict(state["model"])
-    except Exception:
-        raise SystemExit(f"{PROG}: error: {path} is not a checkpoint of fid.py train-classifier")
-    return model.eval().to(device), hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    except Exception as e:
+        raise SystemExit(f"{PROG}: error: no classifier at {path} ({type(e).__name__}); train it: "
+                         f"python fid.py train-classifier --dataset {Path(path).stem}") from None
+    return model.eval().to(device)
 
 @torch.no_grad()
-def extract(src, extractor, model, cfg, device):
-    """Features (float64 N x d) and p(c|y) (N x K, or None) of uint8 N x H x W x C images."""
-    if extractor == "raw":  # the 2-D points are the features
-        f, probs = src["x"].astype(np.float64), None
-    else:
-        feats, probs = [], []
-        for xb in torch.from_numpy(src["x"]).split(cfg.batch_size):
-            xb = xb.permute(0, 3, 1, 2).float().to(device) / 255
-            if extractor == "inception":
-                f, logits = model(xb.expand(-1, 3, -1, -1))  # grey: the channel repeated
-            else:
-                f, logits = model((xb.mean(1, keepdim=True) if xb.shape[1] == 3 else xb) * 2 - 1)
-            feats.append(f.double().cpu())
-            probs.append(None if logits is None else logits.double().softmax(1).cpu())
-        f, probs = torch.cat(feats).numpy(), None if probs[0] is None else torch.cat(probs).numpy()
-    if not np.isfinite(f).all():  # a diverged generator's samples, or broken weights
+def extract(src, model, cfg, device):
+    """Features f (float64 N x d) and p(c|y) (N x K) of images; 2-D points are their own f."""
+    f, p_cy = (src["x"].astype(np.float64), None) if src["kind"] == "points" else (None, None)
+    if src["kind"] == "images":
+        out = [model(xb.permute(0, 3, 1, 2).float().to(device) / 255)
+               for xb in torch.from_numpy(src["x"]).split(cfg.batch_size)]
+        f = torch.cat([f for f, _ in out]).double().cpu().numpy()
+        p_cy = torch.cat([logits for _, logits in out]).double().softmax(1).cpu().numpy()
+    if f is not None and not np.isfinite(f).all():  # a diverged generator's, or broken weights
         raise SystemExit(f"{PROG}: error: features of {src['name']} hold NaN or inf: broken "
                          "samples or broken extractor weights")
-    return f, probs
+    return f, p_cy
 
-# ------------------------------------------------------- 6. sources, the report, train-classifier
+# ------------------------------------------------------- 5. sources, the three steps, the report
 def load_source(spec, cfg, n_like=None):
     """-> dict(kind="images" (uint8 N x H x W x C) | "points" (N x 2) | "stats", x, name, ...)."""
     path, (name, _, split) = Path(spec), spec.partition(":")
@@ -318,170 +248,96 @@ def load_source(spec, cfg, n_like=None):
             data = dict(np.load(path))  # arrays only: np.load runs no code by default
         except (OSError, ValueError) as e:
             raise SystemExit(f"{PROG}: error: {path} cannot be read as .npz ({e})") from None
-        if {"mu", "sigma"} <= set(data):  # ours carry their provenance; pytorch-fid's do not
-            return {"kind": "stats", "name": str(path), "extractor": "inception", "dims": 2048,
-                    "weights_hash": "none", "n": 0, **data}
-        x = data.get("x")
-        if x is None or not (x.ndim == 2 and x.shape[1] == 2 or x.ndim == 4 and x.dtype == np.uint8
-                             and x.shape[-1] in (1, 3)):
-            raise SystemExit(f"{PROG}: error: {path} needs 'x': uint8 N x H x W x C images (C = 1 "
+        if {"mu", "sigma"} <= set(data):  # pytorch-fid's statistics (they do not say N)
+            return {"kind": "stats", "name": str(path), "mu": data["mu"], "sigma": data["sigma"]}
+        if (x := data.get("x")) is None or not (x.ndim == 2 and x.shape[1] == 2 or x.ndim == 4
+                                                and x.dtype == np.uint8 and x.shape[-1] in (1, 3)):
+            raise SystemExit(f"{PROG}: error: {path} needs 'x', uint8 N x H x W x C images (C = 1 "
                              "or 3) or N x 2 points, or 'mu' and 'sigma'; it has " + ", ".join(
-                                 f"{k} {v.dtype} {v.shape}" for k, v in data.items()))
+                                 data))
         return {"kind": "images" if x.ndim == 4 else "points", "x": x, "y": data.get("y"),
                 "name": str(path)}
-    if path.is_dir():
-        with_size = {}
-        for p in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_FILES):
-            from PIL import Image
-            with Image.open(p) as im:
-                with_size.setdefault(im.size, []).append(p.name)
-        if len(with_size) > 1:
-            raise SystemExit(f"{PROG}: error: {path} mixes image sizes (" + ", ".join(
-                f"{w}x{h}: {v[0]}..." for (w, h), v in with_size.items()) + "); resize them first")
-        w, h = next(iter(with_size), (1, 1))
-        x = load_data(str(path), cfg.data_dir, min(w, h))[0]
-        return {"kind": "images", "x": x.permute(0, 2, 3, 1).numpy(), "y": None, "name": str(path),
-                "note": f"{path}: {w}x{h} images centre-cropped to {min(w, h)}x{min(w, h)}; "
-                        "pytorch-fid would stretch them to 299x299 instead" if w != h else None}
-    if name in TOY_SETS and split in ("train", "test", "gaussian"):
-        # :test draws other points; :gaussian, one Gaussian with the set's moments
-        g = torch.Generator().manual_seed(cfg.seed + (split != "train"))
-        x = sample_toy(name, n_like or cfg.num_real, g).numpy().astype(np.float64)
-        if split == "gaussian":
-            big = sample_toy(name, 100000, g).double().numpy()
-            x = np.random.default_rng(cfg.seed).multivariate_normal(big.mean(0), np.cov(big.T),
-                                                                    len(x))
-        return {"kind": "points", "x": x.astype(np.float32), "name": spec, "dataset": name}
-    if name in ("mnist", "fashion-mnist", "cifar10") and split in ("train", "test"):
-        x, y, _ = load_data(name, cfg.data_dir, 32 if name == "cifar10" else 28, split)
-        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
-        keep = keep[:cfg.num_real]
-        return {"kind": "images", "x": x[keep].permute(0, 2, 3, 1).numpy(), "y": y[keep].numpy(),
-                "name": f"{name}:{split}", "dataset": name, "split": split}
-    raise SystemExit(f"{PROG}: error: '{spec}' is no .npz file, folder or data set: use "
-                     + ", ".join(TOY_SETS) + ", mnist, fashion-mnist, cifar10 (:train or :test; "
-                     "a toy set also :gaussian)")
+    if path.is_dir():  # every image centre-cropped square, resized to the first one's shorter side
+        from PIL import Image
+        first = next((p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_FILES), 0)
+        x = load_data(str(path), cfg.data_dir, first and min(Image.open(first).size))[0]
+        return {"kind": "images", "x": x.permute(0, 2, 3, 1).numpy(), "name": str(path)}
+    if split not in ("train", "test") or name not in TOY_SETS + tuple(SOURCES):
+        raise SystemExit(f"{PROG}: error: '{spec}' is no .npz file, folder or data set: use one of "
+                         + ", ".join(TOY_SETS + tuple(SOURCES)) + ", with :train or :test")
+    seeded = torch.Generator().manual_seed(cfg.seed + (split == "test"))
+    if name in TOY_SETS:  # :test draws other points of the same set
+        x = sample_toy(name, n_like or cfg.num_real, seeded).numpy()
+        return {"kind": "points", "x": x, "name": spec, "dataset": name}
+    x, y, _ = load_data(name, cfg.data_dir, 32 if name == "cifar10" else 28, split)
+    keep = torch.randperm(len(x), generator=seeded)[:cfg.num_real]  # mnist, fashion-mnist, cifar10
+    return {"kind": "images", "x": x[keep].permute(0, 2, 3, 1).numpy(), "y": y[keep].numpy(),
+            "name": f"{name}:{split}", "dataset": name}
 
 def evaluate(cfg, device):
-    """Load both sources, extract features, compute every metric that applies."""
-    metrics = {"fid", "kid", "is", "coverage", "memorisation", "modes"}
-    asked = metrics if cfg.metrics == "all" else set(cfg.metrics.split(","))
-    if asked - metrics or len(cfg.sources) not in (2, 2 - bool(cfg.save_stats)):
-        raise SystemExit(f"{PROG}: error: " + (f"unknown metric {', '.join(asked - metrics)}: "
-                         f"choose from {','.join(sorted(metrics))}" if asked - metrics else
-                         "give GENERATED and REAL sources (one with --save-stats); see --help"))
+    """The notes' three FID steps, then the classifier's view, memorisation and the toy modes."""
+    if len(cfg.sources) != 2:
+        raise SystemExit(f"{PROG}: error: give two sources, GENERATED and REAL; see --help")
     gen = load_source(cfg.sources[0], cfg)
-    sources = [gen] + [load_source(s, cfg, len(gen.get("x", []))) for s in cfg.sources[1:]]
-    kinds, dataset = {s["kind"] for s in sources}, next((s["dataset"] for s in sources[::-1]
-                                                         if s.get("dataset")), None)  # REAL's
+    real = load_source(cfg.sources[1], cfg, len(gen.get("x", [])))
+    kinds, dataset = {gen["kind"], real["kind"]}, real.get("dataset") or gen.get("dataset")
+    grey28 = all(s["x"].shape[1:] == (28, 28, 1) for s in (gen, real) if s["kind"] == "images")
     if {"points", "images"} <= kinds:
         raise SystemExit(f"{PROG}: error: cannot compare 2-D points with images")
-    if cfg.extractor == "raw" and "images" in kinds:
-        raise SystemExit(f"{PROG}: error: --extractor raw is for 2-D points; images take "
-                         "inception or classifier (auto picks one)")
-    images = [s["x"] for s in sources if s["kind"] == "images"]
-    grey28 = all(x.shape[1:3] == (28, 28) and (x.shape[3] == 1 or dataset in ("mnist",
-                 "fashion-mnist")) for x in images)
-    extractor = ("raw" if "points" in kinds else cfg.extractor if cfg.extractor != "auto" else
-                 "classifier" if images and grey28 else "inception" if images else
-                 str(sources[0]["extractor"]))
-    model, weights, notes = None, "none", [s["note"] for s in sources if s.get("note")]
-    if extractor == "inception" and images:
-        model, weights = load_inception(cfg, device, notes)
-    elif extractor == "classifier" and images:
-        if not grey28:
-            raise SystemExit(f"{PROG}: error: the classifier takes 28x28 images; use "
-                             "--extractor inception for other sizes")
-        if not cfg.classifier and dataset not in ("mnist", "fashion-mnist"):
-            raise SystemExit(f"{PROG}: error: --classifier PATH is needed when no source names "
-                             "mnist or fashion-mnist")
-        model, weights = load_classifier(cfg.classifier or Path(cfg.data_dir, "classifiers",
-                                                                f"{dataset}.pt"), device)
-    dims = {"inception": cfg.dims, "classifier": 128, "raw": 2}[extractor] if images or \
-        "points" in kinds else int(sources[0]["dims"])  # statistics alone: as computed
-    stats, feats, probs = [], [], []
-    for s in sources:
-        if s["kind"] == "stats":  # statistics from a file must match the other side's features
-            known = str(s["weights_hash"])  # "none": pytorch-fid's files do not say
-            if (str(s["extractor"]), int(s["dims"])) != (extractor, dims) or known != weights \
-                    and "none" not in (known, weights):
-                raise SystemExit(f"{PROG}: error: {s['name']} holds {s['extractor']} statistics "
-                                 f"({s['dims']}-d, weights {s['weights_hash']}), the other side "
-                                 f"{extractor} ({dims}-d, weights {weights}): not comparable")
-            stats.append((s["mu"], s["sigma"])), feats.append(None), probs.append(None)
-            weights = known if weights == "none" else weights
-            continue
-        f, p = extract(s, extractor, model, cfg, device)
-        stats.append(gaussian_statistics(f, s["name"], notes)), feats.append(f), probs.append(p)
-    n = [len(s["x"]) if "x" in s else int(s["n"]) for s in sources]
-    what = {"inception": "", "classifier": " (classifier features)", "raw": " (2-D points)"}
-    what = what[extractor]
-    i = "I" * (extractor == "inception")  # the I of FID, KID: for Inception features only
-    r = {"generated": gen["name"], "reference": sources[-1]["name"] if len(sources) == 2 else None,
-         "extractor": extractor, "dims": dims, "weights_hash": weights, "n": n}
-    if cfg.save_stats:
-        np.savez(b := io.BytesIO(), mu=stats[0][0], sigma=stats[0][1], n=n[0], extractor=extractor,
-                 dims=dims, weights_hash=weights, source=gen["name"])
-        try:
-            Path(cfg.save_stats).parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(cfg.save_stats, b.getvalue())
-        except OSError as e:
-            raise SystemExit(f"{PROG}: error: cannot write --save-stats {cfg.save_stats} ({e})")
-        r["saved_stats"] = cfg.save_stats
-    if len(sources) == 2 and "fid" in asked:
-        r[f"F{i}D{what}"] = frechet_distance(*stats[0], *stats[1])
-        if min(n) < 10000 and extractor != "raw":
-            notes.append(f"N = {min(n)}: FD is biased upwards at small N; compare at equal N")
-    if len(sources) == 2 and "kid" in asked and feats[0] is not None and feats[1] is not None:
-        r[f"K{i}D{what}"] = kernel_distance(*feats, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
-    if probs[0] is not None and "is" in asked:
-        r["Inception Score" if i else "classifier score"] = inception_score(probs[0], cfg.splits)
-    if probs[0] is not None and "coverage" in asked:
-        r["coverage"] = class_coverage(probs[0], gen.get("y"), imagenet=bool(i))
-    if "memorisation" in asked and gen["kind"] == "images" and not gen.get("dataset") \
-            and dataset in ("mnist", "fashion-mnist", "cifar10"):
-        size = 32 if dataset == "cifar10" else 28
-        x_train, x_held = (load_data(dataset, cfg.data_dir, size, split)[0] for split in ("train",
-                                                                                            "test"))
-        x_held = x_held[torch.randperm(len(x_held), generator=torch.Generator().manual_seed(
-            cfg.seed))[:len(gen["x"])]]
-        r["memorisation"] = memorisation(gen["x"], *(x.permute(0, 2, 3, 1).numpy()
-                                                     for x in (x_train, x_held)))
-    if "modes" in asked and gen["kind"] == "points" and dataset in TOY_SETS[:2]:
+    extractor = ("raw" if "points" in kinds else "statistics" if "images" not in kinds else
+                 "classifier" if grey28 else "inception")
+    notes, model = [], (load_inception(device) if extractor == "inception" else load_classifier(
+        cfg, dataset or "DATASET", device) if extractor == "classifier" else None)
+    # 1. features of the generated and of the real images, f_g and f_r (the notes' G.l and P.l)
+    (f_g, p_cy), (f_r, _) = extract(gen, model, cfg, device), extract(real, model, cfg, device)
+    # 2. a Gaussian fitted to each: mu_g, Sigma_g and mu_r, Sigma_r (or a statistics file's)
+    fit = lambda s, f: (s["mu"], s["sigma"]) if f is None else gaussian_statistics(f, s["name"])
+    (mu_g, Sigma_g), (mu_r, Sigma_r) = fit(gen, f_g), fit(real, f_r)
+    if np.shape(mu_g) != np.shape(mu_r):
+        raise SystemExit(f"{PROG}: error: {len(mu_g)}-d statistics against {len(mu_r)}-d: "
+                         "Inception's are 2048-d, the classifier's 128-d")
+    # 3. FID = ||mu_r - mu_g||^2 + Tr(Sigma_r + Sigma_g - 2 (Sigma_r Sigma_g)^{1/2}), the square
+    #    root through two symmetric eigendecompositions (frechet_distance: why that is exact)
+    fd = frechet_distance(mu_r, Sigma_r, mu_g, Sigma_g)
+    n = [len(s["x"]) if "x" in s else None for s in (gen, real)]
+    r = {"generated": gen["name"], "reference": real["name"], "extractor": extractor, "n": n,
+         "FID" if extractor == "inception" else "FD": fd}
+    N = min([k for k in n if k] or [10000])  # the smaller N; a statistics file does not give its N
+    if extractor != "raw" and N < 10000:  # and rank(Sigma) <= N - 1 < d when N <= d
+        notes.append(f"N = {N}: FD is biased up at small N" + "; Sigma singular" * (N <= mu_r.size))
+    if p_cy is not None:  # quality and diversity from p(c|y)
+        r["Inception Score" if extractor == "inception" else "classifier score"] = \
+            inception_score(p_cy)
+    if p_cy is not None and extractor == "classifier":  # ImageNet's classes are not the data's
+        r["coverage"] = cov = class_coverage(p_cy, gen.get("y"))
+        notes += [f"MODE COLLAPSE: class {c} holds {cov['class_share'][c]:.0%} of the samples"
+                  for c in cov["collapsed_to"]]
+    if gen["kind"] == "images" and "dataset" not in gen and dataset in SOURCES:
+        x_train, x_held = (load_data(dataset, cfg.data_dir, 32 if dataset == "cifar10" else 28,
+                                     s)[0].permute(0, 2, 3, 1).numpy() for s in ("train", "test"))
+        if gen["x"].shape[1:] == x_train.shape[1:]:
+            r["memorisation"] = memorisation(gen["x"], x_train, x_held, cfg.seed)
+        else:  # 28 x 28 x 3 samples against mnist, say
+            notes.append(f"no memorisation check: the samples are H x W x C = "
+                         f"{gen['x'].shape[1:]}, {dataset}'s images {x_train.shape[1:]}")
+    if gen["kind"] == "points" and dataset in TOY_SETS[:2]:
         r["modes"] = mode_metrics(gen["x"], dataset)
     return {**r, "notes": notes}
 
 def report(r):
-    print(f"{r['generated']} vs {r['reference']}: {r['extractor']} features ({r['dims']}-d), "
-          f"N = {r['n']}")
+    n = " and ".join(str(k) if k else "? (a statistics file)" for k in r["n"])
+    print(f"{r['generated']} vs {r['reference']}: {r['extractor']} features, N = {n}")
     for key, v in r.items():
-        if key[1:3] == "ID" or key[:2] in ("FD", "KD"):
-            print(f"  {key:28s} " + (f"{v:.4f}" if key[0] == "F" else f"{v[0]:.5f} +- {v[1]:.5f}"))
-        elif key.endswith("core"):
-            print(f"  {key:28s} {v[0]:.3f} +- {v[1]:.3f}")
-        elif key == "coverage":
-            print(f"  {'confidence, mean max p(c|y)':28s} {v['confidence']:.3f}\n  "
-                  f"{'entropy of p(c) = E p(c|y)':28s} {v['class_entropy']:.3f} of "
-                  f"{v['max_entropy']:.3f} nats" + ("; missing classes: " + (", ".join(
-                      map(str, v["missing_classes"])) or "none") if "class_share" in v else ""))
-            if "conditional_accuracy" in v:
-                print(f"  {'asked-for class recognised':28s} {v['conditional_accuracy']:.3f}")
-        elif key == "memorisation":
-            print(f"  {'nearest-train distance':28s} median {v['median_nn_distance']:.3f} "
-                  f"(held-out {v['heldout_median_nn_distance']:.3f}); likely copies "
-                  f"{v['likely_copies']:.1%}")
-        elif key == "modes":
-            print(f"  {'modes captured':28s} {v['modes']}/{v['of']}, high quality "
-                  f"{v['high_quality']:.1%}")
-        elif key == "saved_stats":
-            print(f"  statistics saved to {v}")
+        if key in ("FID", "FD") or key.endswith(("Score", "score")):  # a score: mean +- std
+            print(f"  {key:18s} " + (f"{v:.4f}" if key[0] == "F" else f"{v[0]:.3f} +- {v[1]:.3f}"))
+        elif isinstance(v, dict):  # coverage, memorisation, modes
+            print(f"  {key:18s} " + ", ".join(f"{k} {x:.3f}" if isinstance(x, float) else f"{k} {x}"
+                                             for k, x in v.items()))
     for note in r["notes"]:
         print(f"  note: {note}")
 
 def train_classifier(cfg, device):
-    """Adam on cross-entropy with small random shifts; prints and stores the test accuracy."""
-    if cfg.lr <= 0:
-        raise SystemExit(f"{PROG}: error: --lr must be positive, not {cfg.lr}")
+    """Adam (lr 1e-3) on cross-entropy, images shifted by up to 2 pixels; reports test accuracy."""
     out = Path(cfg.out or Path(cfg.data_dir, "classifiers", f"{cfg.dataset}.pt"))
     try:  # its folder made before the training, not after
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -490,25 +346,20 @@ def train_classifier(cfg, device):
     (x, y, _), (x_test, y_test, _) = (load_data(cfg.dataset, cfg.data_dir, 28, s)
                                       for s in ("train", "test"))
     torch.manual_seed(cfg.seed)
-    model, per_epoch = Classifier().to(device), len(x) // cfg.batch_size
-    opt, steps = torch.optim.Adam(model.parameters(), lr=cfg.lr), cfg.epochs * per_epoch
-    t0 = time.time()
-    for step in range(steps):
-        order = torch.randperm(len(x)) if step % per_epoch == 0 else order
-        idx = order[step % per_epoch * cfg.batch_size:][:cfg.batch_size]
-        xb = torch.roll(x[idx].float() / 127.5 - 1, torch.randint(-2, 3, (2,)).tolist(), (2, 3))
-        loss = F.cross_entropy(model(xb.to(device))[1], y[idx].to(device))
-        opt.zero_grad(set_to_none=True), loss.backward(), opt.step()
-        if (step + 1) % 200 == 0 or step + 1 == steps:
-            left = round((steps - step - 1) * (time.time() - t0) / (step + 1))
-            print(f"step {step + 1}/{steps}  loss {loss.item():.3f}  {left // 60}:{left % 60:02}"
-                  " left", flush=True)
-    with torch.no_grad():
-        pred = torch.cat([model.eval()(xb.to(device).float() / 127.5 - 1)[1].argmax(1).cpu()
-                          for xb in x_test.split(1000)])
-    acc = (pred == y_test).float().mean().item()
-    torch.save({"dataset": cfg.dataset, "test_accuracy": acc, "model": {
-        k: v.cpu() for k, v in model.state_dict().items()}}, b := io.BytesIO())
+    model = Classifier().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for epoch in range(1, cfg.epochs + 1):
+        for idx in torch.randperm(len(x)).split(cfg.batch_size):
+            xb = torch.roll(x[idx].float() / 255, torch.randint(-2, 3, (2,)).tolist(), (2, 3))
+            loss = F.cross_entropy(model(xb.to(device))[1], y[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print(f"epoch {epoch}/{cfg.epochs}: loss {loss.item():.3f}", flush=True)
+    test = {"kind": "images", "x": x_test.permute(0, 2, 3, 1).numpy(), "name": "the test set"}
+    acc = float((extract(test, model.eval(), cfg, device)[1].argmax(1) == y_test.numpy()).mean())
+    torch.save({"dataset": cfg.dataset, "test_accuracy": acc, "model": model.state_dict()},
+               b := io.BytesIO())
     write_atomic(out, b.getvalue())
     print(f"test accuracy {acc:.2%} on the {len(y_test)} {cfg.dataset} test images; saved {out}")
     return model, acc
@@ -518,32 +369,19 @@ def options(argv):
     p = argparse.ArgumentParser("fid.py" + " train-classifier" * train, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add = lambda flag, default, text, **kw: p.add_argument(
-        flag, default=default, help=f"{text} (default: {default})", **kw,
-        **{} if "choices" in kw or "action" in kw else {
-            "type": positive if type(default) is int and default > 0 else type(default)})
+        flag, default=default, help=f"{text} (default: {default})", **kw)
     if train:
         add("--dataset", "fashion-mnist", "data set", choices=["mnist", "fashion-mnist"])
-        add("--epochs", 3, "passes over the 60,000 training images")
-        add("--lr", 1e-3, "Adam's learning rate")
+        add("--epochs", 3, "passes over the 60,000 training images", type=positive)
         add("--out", "", "checkpoint; empty: <data-dir>/classifiers/<dataset>.pt")
     else:
-        p.add_argument("sources", nargs="*", help="GENERATED [REAL]: the samples and the reference")
-        add("--extractor", "auto", "features: auto takes raw for 2-D points, classifier for 28x28 "
-            "grey images, else inception", choices=["auto", "inception", "classifier", "raw"])
-        add("--dims", 2048, "Inception layer: 64, 192, 768 (inner pools) or 2048 (the standard)",
-            type=int, choices=[64, 192, 768, 2048])
-        add("--weights", "", "Inception weight file; empty: downloaded once to torch's hub cache")
+        p.add_argument("sources", nargs="*", help="GENERATED REAL: each a samples.npz, an image "
+                       "folder, pytorch-fid's mu/sigma .npz, or a data set[:train or :test]")
         add("--classifier", "", "empty: <data-dir>/classifiers/<dataset>.pt")
-        add("--metrics", "all", "comma-separated: fid,kid,is,coverage,memorisation,modes")
-        add("--num-real", 10000, "real images or points drawn from a data set name")
-        add("--kid-subsets", 100, "KID: random subsets")
-        add("--kid-subset-size", 1000, "KID: subset size, at most the smaller set")
-        add("--splits", 10, "Inception / classifier score: splits")
-        add("--save-stats", "", "write mu, Sigma and their provenance of the first source here")
-        add("--json", False, "print the results as JSON", action="store_true")
-    add("--batch-size", 128 if train else 100, "images per step or forward pass")
+        add("--num-real", 10000, "real images or points drawn from a data set", type=positive)
+    add("--batch-size", 128 if train else 100, "images per step or forward pass", type=positive)
     add("--data-dir", "./data", "where data sets are found, or downloaded to")
-    add("--seed", 0, "random seed")
+    add("--seed", 0, "random seed", type=int)
     add("--device", "auto", "auto takes cuda when there is one, else cpu",
         choices=["auto", "cpu", "cuda"])
     return p, p.parse_args(argv[train:])
@@ -675,7 +513,7 @@ def main(argv=None):
     if not cfg.sources:
         return parser.print_help()
     results = evaluate(cfg, device)
-    print(json.dumps(results, indent=1)) if cfg.json else report(results)
+    report(results)
     return results
 
 if __name__ == "__main__":
