@@ -1,7 +1,7 @@
-"""Tests for cgan.py: the three-case loss on hand-computed logits, mismatched labels, that y is really
-wired into G and D, the projection discriminator against its formula, the optimum 1 / (2 - w),
-conditional learning on a toy set, tiny runs of every option and data kind and the
-script's own bad inputs. The plumbing block is tested for every script in test_plumbing.py."""
+"""Tests for cgan.py: the three-case loss on hand-computed logits, mismatched labels, that y reaches
+G and D through e(y), the three cases on a D built by hand, the optimum 1 / (2 - w), conditional
+learning on a toy set, tiny runs of every option and data kind and the script's own bad inputs.
+The plumbing block is tested for every script in test_plumbing.py."""
 import json
 import math
 from pathlib import Path
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import cgan
 from helpers import expect_user_error, snapshot, write_cifar_binary, write_image_folder, write_mnist_like
@@ -63,12 +64,11 @@ def test_mismatched_labels_never_equal_the_true_ones_and_cover_the_others():
     assert two.tolist() == [1, 0, 1, 0]
 
 
-@pytest.mark.parametrize("dataset,d_cond", [("8gaussians", "projection"), ("8gaussians", "concat"),
-                                            ("mnist", "projection"), ("mnist", "concat")])
-def test_the_label_is_wired_into_G_and_D(dataset, d_cond):
-    cfg = config("--dataset", dataset, "--d-cond", d_cond, "--width", 8, "--z-dim", 4)
+@pytest.mark.parametrize("dataset", ["8gaussians", "mnist"])
+def test_y_changes_G_and_D_and_only_through_its_embedding(dataset):
+    cfg = config("--dataset", dataset, "--width", 8, "--z-dim", 4)
     torch.manual_seed(0)
-    G, D = cgan.build_models(cfg, 2 if dataset == "8gaussians" else 1, 10 if dataset == "mnist" else 8)
+    G, D = cgan.build_models(cfg, 2 if dataset == "8gaussians" else 1, 10)
     G.eval(), D.eval()
     z = torch.randn(4, 4)
     y0, y1 = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
@@ -76,21 +76,48 @@ def test_the_label_is_wired_into_G_and_D(dataset, d_cond):
         x0, x1 = G(z, y0), G(z, y1)
         assert not torch.allclose(x0, x1)                 # same z, another class: another sample
         assert not torch.allclose(D(x0, y0), D(x0, y1))   # same x, another class: another score
+        G.embed.weight[1], D.embed.weight[1] = G.embed.weight[0], D.embed.weight[0]
+        assert torch.equal(G(z, y1), x0) and torch.equal(D(x0, y1), D(x0, y0))  # e(1) = e(0)
 
 
-def test_projection_discriminator_equals_its_formula():
-    cfg = config("--dataset", "mnist", "--d-cond", "projection", "--width", 8)
-    torch.manual_seed(1)
-    _, D = cgan.build_models(cfg, 1, 10)
-    D.eval()
-    x, y = torch.randn(5, 1, 28, 28), torch.tensor([0, 3, 3, 9, 5])
+def hand_built_D(s=50.0, t=1.7, M=10.0):
+    """A toy D(x, y) = psi(mlp([x, e(y)])) set by hand: e(y) = one-hot(y); hidden unit k is
+    relu(c_k . x + M (e_k(y) - 1)), that is relu(c_y . x) for k = y and 0 for the others; the next
+    layer passes it on, the third sums, and the logit is s (relu(c_y . x) - t). With |c|^2 = 4 / 1.414^2
+    = 2.0006, c_y . x is 2.0006 at mode y and at most 2.0006 cos 45 deg = 1.4146 at any other mode."""
+    _, D = cgan.build_models(config("--width", 16, "--emb-dim", 8), 2, 8)
+    l1, l2, l3, l4 = [m for m in D.blocks[0] if isinstance(m, nn.Linear)]
     with torch.no_grad():
-        phi = D.phi(x)                                    # phi(x): N x F features
-        psi = phi @ D.psi.weight.T + D.psi.bias           # psi(phi(x)): a linear map to one number
-        e = D.embed.weight[y]                             # e(y): row y of the embedding table
-        by_hand = psi[:, 0] + torch.einsum("nf,nf->n", e, phi)
-        assert torch.allclose(D(x, y)[:, 0], by_hand, atol=1e-5)
-    assert phi.shape == (5, 2 * 8 * 7 * 7)
+        for p in D.parameters():
+            p.zero_()
+        D.embed.weight[:] = torch.eye(8)
+        l1.weight[:8, :2], l1.weight[:8, 2:], l1.bias[:8] = cgan.toy_centres("8gaussians")[0], M * torch.eye(8), -M
+        l2.weight[:8, :8] = torch.eye(8)
+        l3.weight[0, :8] = 1.0
+        l4.weight[0, 0], l4.bias[0] = s, -s * t
+    return D
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
+def test_a_hand_built_D_scores_the_three_cases_1_0_0_and_L_D_by_hand(w):
+    D, g = hand_built_D(), torch.Generator().manual_seed(0)
+    centres, _ = cgan.toy_centres("8gaussians")
+    x, y = cgan.sample_toy_labelled("8gaussians", 2000, g)
+    with torch.no_grad():
+        logit_match, logit_mismatch = D(x, y), D(x, cgan.mismatched_labels(y, 8, g))
+        logit_wrong_G, logit_right_G = D(centres[(y + 1) % 8], y), D(centres[y], y)
+    assert torch.sigmoid(logit_match).min() > 0.9999       # real x, its own y: 1
+    assert torch.sigmoid(logit_mismatch).max() < 1e-4      # real x, a wrong y': 0
+    assert torch.sigmoid(logit_wrong_G).max() < 1e-4       # G(z, y) that ignores y: 0
+    # by hand: the logit is 50 (2.0006 - 1.7) = 15.03 on (c_y, y) and 50 (1.4146 - 1.7) = -14.27 on
+    # (c_(y+1), y); softplus(l) = l + log(1 + e^-l), within 1e-6 of l here
+    right, wrong = 50 * (4 / 1.414 ** 2 - 1.7), 50 * (4 / 1.414 ** 2 * math.cos(math.pi / 4) - 1.7)
+    assert logit_right_G.mean().item() == pytest.approx(right, abs=1e-3)
+    assert cgan.conditional_discriminator_loss(logit_match, logit_mismatch, logit_wrong_G, w) < 1e-4
+    assert cgan.conditional_discriminator_loss(logit_match, logit_mismatch, logit_right_G, w).item() \
+        == pytest.approx((1 - w) * right, abs=1e-3)  # a G that draws mode y fools it on the third case
+    assert cgan.generator_loss(logit_wrong_G).item() == pytest.approx(-wrong, abs=1e-3)
+    assert cgan.generator_loss(logit_right_G).item() < 1e-6
 
 
 @pytest.mark.parametrize("w", [0.0, 0.5])
@@ -144,31 +171,32 @@ def check_run_folder(out, step, n, image_shape=None):
     return x, y
 
 
-@pytest.mark.parametrize("dataset,d_cond,w", [("8gaussians", "projection", 0.5), ("25gaussians", "concat", 0.0)])
-def test_tiny_toy_runs(tmp_path, dataset, d_cond, w):
-    out = run(tmp_path, "--dataset", dataset, "--d-cond", d_cond, "--mismatch-weight", w, "--steps", 6,
-              "--batch-size", 16, "--width", 16, "--log-every", 2, "--sample-every", 3, "--num-samples", 200)
-    x, y = check_run_folder(out, 6, 200 if dataset == "8gaussians" else 200)
+@pytest.mark.parametrize("dataset,w,n", [("8gaussians", 0.5, 208), ("25gaussians", 0.0, 200)])
+def test_tiny_toy_runs_export_as_many_samples_for_each_class(tmp_path, dataset, w, n):
+    out = run(tmp_path, "--dataset", dataset, "--mismatch-weight", w, "--steps", 6, "--batch-size", 16,
+              "--width", 16, "--log-every", 2, "--sample-every", 3, "--num-samples", 210)
+    x, y = check_run_folder(out, 6, n)  # 210 // K for each of the K classes
     assert sorted(set(y.tolist())) == list(range(8 if dataset == "8gaussians" else 25))
     m = json.loads((out / "metrics.json").read_text())
-    assert {"on_target", "worst_class_on_target", "modes", "high_quality"} <= set(m)
+    assert {"on_target", "nearest_is_asked", "modes", "high_quality"} <= set(m)
 
 
-@pytest.mark.parametrize("d_cond", ["projection", "concat"])
-def test_mnist_fixture_run_with_d_steps(tmp_path, d_cond):
+def test_mnist_fixture_run_with_d_steps(tmp_path):
     write_mnist_like(tmp_path / "data" / "mnist", n=40)
-    out = run(tmp_path, "--dataset", "mnist", "--data-dir", tmp_path / "data", "--d-cond", d_cond, "--steps", 3,
+    out = run(tmp_path, "--dataset", "mnist", "--data-dir", tmp_path / "data", "--steps", 3,
               "--d-steps", 2, "--batch-size", 8, "--width", 8, "--z-dim", 8, "--num-samples", 20, "--log-every", 1)
     x, y = check_run_folder(out, 3, 20, (28, 28, 1))
     assert y.tolist() == sorted(y.tolist()) and set(y.tolist()) == set(range(10))
 
 
-def test_labels_flag_chooses_the_rows_and_exported_classes(tmp_path):
+def test_train_leaves_the_options_as_given(tmp_path):
     write_mnist_like(tmp_path / "data" / "fashion-mnist", n=40)
-    out = run(tmp_path, "--dataset", "fashion-mnist", "--data-dir", tmp_path / "data", "--labels", "3,7",
-              "--steps", 2, "--batch-size", 8, "--width", 8, "--z-dim", 8, "--num-samples", 10)
-    _, y = check_run_folder(out, 2, 10, (28, 28, 1))
-    assert y.tolist() == [3] * 5 + [7] * 5
+    cfg = config("--dataset", "fashion-mnist", "--data-dir", tmp_path / "data", "--out", tmp_path / "r",
+                 "--steps", 2, "--batch-size", 8, "--width", 8, "--z-dim", 8, "--device", "cpu")
+    before = dict(vars(cfg))
+    cgan.train(cfg)
+    assert vars(cfg) == before
+    assert json.loads((tmp_path / "r" / "config.json").read_text()) == before  # the options, as given
 
 
 def test_class_grid_rows_share_the_noise(tmp_path):
@@ -177,13 +205,13 @@ def test_class_grid_rows_share_the_noise(tmp_path):
     cfg = config("--dataset", "mnist", "--width", 8, "--z-dim", 4)
     torch.manual_seed(0)
     G, _ = cgan.build_models(cfg, 1, 10)
-    cfg.classes = [str(k) for k in range(10)]
-    x, y = cgan.generate(G, cfg, [2, 5], 3, seed=11)
+    x, y = cgan.generate(G, cfg, 3, seed=11)
     z = torch.randn(3, 4, generator=torch.Generator().manual_seed(11))
     G.eval()
     with torch.no_grad():
-        assert torch.allclose(x[3:], G(z, torch.full((3,), 5)), atol=1e-6)
-    assert y.tolist() == [2, 2, 2, 5, 5, 5]
+        for k in (2, 5):
+            assert torch.allclose(x[3 * k:3 * k + 3], G(z, torch.full((3,), k)), atol=1e-6)
+    assert y.tolist() == [k for k in range(10) for _ in range(3)]
 
 
 def test_cifar10_fixture_run(tmp_path):
@@ -200,16 +228,16 @@ def test_image_folder_subfolders_are_classes(tmp_path):
               "--width", 8, "--z-dim", 8, "--num-samples", 6)
     _, y = check_run_folder(out, 2, 6, (32, 32, 3))
     assert y.tolist() == [0, 0, 1, 1, 2, 2]
-    assert json.loads((out / "config.json").read_text())["classes"] == ["cats", "dogs", "owls"]
 
 
 # ---------------------------------------------------------------- learning
 def test_points_asked_for_mode_k_land_on_mode_k(tmp_path):
-    """A short seeded run of the default 8gaussians setup (600 of 3000 steps): nearly every point asked for
-    mode k lands nearest to mode k, and most within 3 std of it. An untrained G does neither."""
-    out = run(tmp_path, "--steps", 600, "--log-every", 300, "--sample-every", 600)
+    """A short seeded run on 8gaussians (600 steps at 4 times the default 2-D learning rate): nearly every
+    point asked for mode k lands nearest to mode k, and most within 3 std of it. An untrained G does neither.
+    Seeds 0-4 gave on_target 0.85, 1.00, 0.85, 1.00, 0.94 and, for every k, 100 % of label k nearest to k."""
+    out = run(tmp_path, "--steps", 600, "--lr", 2e-4, "--log-every", 300, "--sample-every", 600)
     m = json.loads((out / "metrics.json").read_text())
-    assert m["on_target"] > 0.8 and m["modes"] == 8, m
+    assert m["on_target"] > 0.75 and m["modes"] == 8, m
     s = np.load(out / "samples.npz")
     centres, _ = cgan.toy_centres("8gaussians")
     nearest = torch.cdist(torch.from_numpy(s["x"]), centres).argmin(1).numpy()
@@ -221,13 +249,6 @@ def test_points_asked_for_mode_k_land_on_mode_k(tmp_path):
 
 
 # ---------------------------------------------------------------- bad inputs
-def test_label_out_of_range(capsys, tmp_path):
-    err = error_of(capsys, ["--labels", "3,8", "--out", str(tmp_path / "r")])
-    assert "class indices from 0 to 7" in err and "'3,8'" in err
-    assert "class indices" in error_of(capsys, ["--labels", "three", "--out", str(tmp_path / "r")])
-    assert not (tmp_path / "r").exists()
-
-
 @pytest.mark.parametrize("case,message", [
     ("swissroll", "swissroll has no classes"), ("mismatch-weight-1.5", "--mismatch-weight takes [0, 1]"),
     ("emb-dim-0", "--emb-dim: must be a positive integer"), ("one-class-folder", "has 1 class"),
@@ -251,7 +272,7 @@ def test_real_fashion_mnist_short_run_separates_the_classes(tmp_path):
     """300 steps on the real data: trousers (class 1) and bags (8) already differ - a row's mean image
     is closer to its own class's mean image than to the other's."""
     out = run(tmp_path, "--dataset", "fashion-mnist", "--data-dir", tmp_path / "empty", "--steps", 300,
-              "--log-every", 100, "--sample-every", 300, "--num-samples", 200, "--labels", "1,8")
+              "--log-every", 100, "--sample-every", 300, "--num-samples", 200)
     s = np.load(out / "samples.npz")
     x_real, y_real, _ = cgan.load_data("fashion-mnist", tmp_path / "empty", 28, split="test")
     mean = {k: x_real[y_real == k].float().mean(0)[0].numpy() for k in (1, 8)}
