@@ -19,15 +19,15 @@ demo:
 	@echo "== $(PYTHON) fid.py runs/gan-8gaussians/samples.npz 8gaussians"; $(PYTHON) fid.py runs/gan-8gaussians/samples.npz 8gaussians
 	@echo; echo "Figures (samples_*.png, losses.png, js.png, forward/reverse_process.png, ...) are in:"; ls -d runs/*/
 
-# The smoke run (about 2 minutes on 2 cores): every check against an independent reference, tiny runs
-# of every option and data kind, resume equality, bad inputs, one short learning check per script.
+# The smoke run (about 1.5 minutes on 2 cores): every check against an independent reference, tiny
+# runs of every option and data kind, bad inputs, one short learning check per script.
 # Installs pytest, pytest-xdist and scipy (the oracles) when one is missing; two workers share the cores.
 test:
 	@$(PYTHON) -c "import torch, numpy, matplotlib, pytest, xdist, scipy" 2>/dev/null || $(PYTHON) -m pip install -r tests/requirements.txt
 	$(PYTHON) -m pytest tests -m "not slow" -n 2
 
-# make test + the slow tier: mode-coverage runs over several seeds, experiment sweeps, --compile and
-# real Fashion-MNIST (apt-get install dataset-fashion-mnist; without it those tests skip, CI fails).
+# make test + the slow tier: mode-coverage runs, experiment sweeps and real Fashion-MNIST
+# (apt-get install dataset-fashion-mnist; without it those tests skip, and CI fails).
 test-all:
 	@$(PYTHON) -c "import torch, numpy, matplotlib, pytest, xdist, scipy" 2>/dev/null || $(PYTHON) -m pip install -r tests/requirements.txt
 	$(PYTHON) -m pytest tests -n 2
