@@ -14,9 +14,9 @@ Notes 000 and 003 call the condition x and the output y; here, as in the papers,
 and the output x. An image as the condition (pix2pix, 上色): see cyclegan.py --paired.
 
 Examples:
-  python cgan.py                          # 8 Gaussians, label = mode, about a minute on a CPU
+  python cgan.py                          # 8 Gaussians, label = mode, about 30 s on 2 CPU cores
   python cgan.py --dataset 25gaussians    # 25 labelled modes
-  python cgan.py --dataset fashion-mnist  # one row per class, the same z in each column
+  python cgan.py --dataset fashion-mnist  # a row per class, the same z in each column, 7 min
   python cgan.py --mismatch-weight 0      # ablation: no (real x, wrong y') pairs
 
 Deviations from the papers: DCGAN networks and Adam, not maxout MLPs; y joined to the input of

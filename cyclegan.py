@@ -9,7 +9,7 @@ Notes -> code: the notes' X, Y, G_{X->Y}, G_{Y->X}, D_X, D_Y are A, B, G, F (`Fn
 D_B; note 003's G.1 = G.4 = G, G.2 = G.3 = F, D.1 = D_B, D.2 = D_A.
 
 Examples:
-  python cyclegan.py                                   # the toy pair: arrows a -> G(a), ~1 min
+  python cyclegan.py                                   # the toy pair: arrows a -> G(a), ~30 s
   python cyclegan.py --dataset fashion-mnist:colour    # the palette pair, T known: measured
   python cyclegan.py --dataset fashion-mnist:colour --lambda-cycle 0   # the notes' warning
   python cyclegan.py --dataset fashion-mnist:colour --paired           # pix2pix on the same pair

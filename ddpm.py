@@ -12,7 +12,7 @@ is the t steps' noises in one. Its denoise module is `p_sample`; a class label y
 
 Examples:
   python ddpm.py                          # 25 Gaussians in 2-D, both processes drawn, ~2 min
-  python ddpm.py --dataset mnist          # or fashion-mnist: 3,000 steps, 1,000 DDIM-50 samples
+  python ddpm.py --dataset mnist          # or fashion-mnist: 3,000 steps + 1,000 DDIM-50, 11.5 min
   python ddpm.py --dataset fashion-mnist --cond --guidance 3 --out runs/guided   # classifier-free
   python ddpm.py --dataset mnist --sampler ancestral --num-samples 100   # Algorithm 2: T steps
 

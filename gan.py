@@ -14,9 +14,9 @@ Notes -> code: the notes' sample y is x here; note 004's J(theta, phi) is V, wit
 parameters, phi = D's and p_theta = P_G.
 
 Examples:
-  python gan.py                          # 8 Gaussians in 2-D, about 40 s on 2 CPU cores
+  python gan.py                          # 8 Gaussians in 2-D, about 30 s on 2 CPU cores
   python gan.py --dataset 25gaussians    # harder: watch for mode dropping and mode collapse
-  python gan.py --dataset fashion-mnist  # DCGAN, 5 min on 2 CPU cores; mnist, cifar10, a folder
+  python gan.py --dataset fashion-mnist  # DCGAN, 4.5 min on 2 CPU cores; mnist, cifar10, a folder
   python gan.py --experiment js          # JS saturates at log 2, the minimax gradient vanishes
   python gan.py --g-loss minimax         # the game as written, k = 1 as in the paper (--d-steps k)
 
