@@ -10,7 +10,7 @@ D_B; note 003's G.1 = G.4 = G, G.2 = G.3 = F, D.1 = D_B, D.2 = D_A.
 
 Examples:
   python cyclegan.py                                   # the toy pair: arrows a -> G(a), ~30 s
-  python cyclegan.py --dataset fashion-mnist:colour    # the palette pair, T known: measured
+  python cyclegan.py --dataset fashion-mnist:colour    # the palette pair, T known: 6 min
   python cyclegan.py --dataset fashion-mnist:colour --lambda-cycle 0   # the notes' warning
   python cyclegan.py --dataset fashion-mnist:colour --paired           # pix2pix on the same pair
   python cyclegan.py --dataset path/to/folder          # trainA/ trainB/ (testA/ testB/ optional)
